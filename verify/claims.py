@@ -1,0 +1,97 @@
+"""Claims ledger for ``pytest verify/``.
+
+Each numerical check names the paper claim it tests and records its error and
+tolerance; the table printed at the end of the run (see ``conftest.py``) is built
+from these records and from the pytest outcome of every test that made them, never
+from a hand-written list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ClaimRecord:
+    """What one claim accumulated over a run."""
+
+    cases: int = 0
+    worst_error: float = 0.0
+    tolerance_at_worst: float = 0.0
+    worst_ratio: float = -1.0
+    tests: set[str] = field(default_factory=set)
+    failed_tests: set[str] = field(default_factory=set)
+
+
+class ClaimLedger:
+    """Records checks per claim; used through the ``claims`` fixture."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, ClaimRecord] = {}
+        self.current_test: str = "<outside a test>"
+
+    def _record(self, claim: str, error: float, tolerance: float) -> ClaimRecord:
+        rec = self.records.setdefault(claim, ClaimRecord())
+        rec.cases += 1
+        rec.tests.add(self.current_test)
+        ratio = (
+            math.inf
+            if not math.isfinite(error)
+            else error / tolerance
+            if tolerance > 0
+            else (0.0 if error == 0 else math.inf)
+        )
+        if ratio > rec.worst_ratio:
+            rec.worst_ratio, rec.worst_error, rec.tolerance_at_worst = ratio, error, tolerance
+        return rec
+
+    def close(self, claim: str, actual, expected, *, rtol: float, atol: float = 0.0, case: str = "") -> float:
+        """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise.
+
+        The recorded error is the largest absolute deviation, and the tolerance is
+        the allowance at that element.
+        """
+        a = np.asarray(actual, dtype=np.float64)
+        e = np.asarray(expected, dtype=np.float64)
+        a, e = np.broadcast_arrays(a, e)
+        dev = np.abs(a - e)
+        allow = atol + rtol * np.abs(e)
+        if dev.size == 0:
+            raise AssertionError(f"{claim} [{case}]: nothing to compare")
+        if not np.isfinite(dev).all():
+            idx = int(np.argmax(~np.isfinite(dev).ravel()))
+        else:
+            idx = (
+                int(np.argmax((dev / np.where(allow > 0, allow, np.inf)).ravel()))
+                if (allow > 0).all()
+                else int(np.argmax(dev.ravel()))
+            )
+        err, tol = float(dev.ravel()[idx]), float(allow.ravel()[idx])
+        self._record(claim, err, tol)
+        assert err <= tol, (
+            f"{claim} [{case}]: |actual - expected| = {err:.3e} > tolerance {tol:.3e} "
+            f"(actual {a.ravel()[idx]!r}, expected {e.ravel()[idx]!r})"
+        )
+        return err
+
+    def leq(self, claim: str, lhs, rhs, *, atol: float, case: str = "") -> float:
+        """Assert ``lhs <= rhs + atol`` elementwise; error = worst violation ``max(lhs - rhs, 0)``."""
+        lhs = np.asarray(lhs, dtype=np.float64)
+        rhs = np.asarray(rhs, dtype=np.float64)
+        viol = np.max(np.maximum(lhs - rhs, 0.0)) if lhs.size else 0.0
+        if not (np.isfinite(lhs).all() and np.isfinite(rhs).all()):
+            viol = math.inf
+        self._record(claim, float(viol), atol)
+        assert viol <= atol, f"{claim} [{case}]: lhs exceeds rhs by {viol:.3e} > {atol:.3e}"
+        return float(viol)
+
+    def true(self, claim: str, condition: bool, *, case: str = "", detail: str = "") -> None:
+        """Assert a yes/no property (error 1 when false, tolerance 0)."""
+        self._record(claim, 0.0 if condition else 1.0, 0.0)
+        assert condition, f"{claim} [{case}]: {detail or 'property does not hold'}"
+
+
+LEDGER = ClaimLedger()

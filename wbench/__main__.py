@@ -1,0 +1,3 @@
+from wbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The ``wbench`` command line: one subcommand module each under ``wbench.cli``.
+
+Each subcommand module defines ``register(subparsers)``, which adds its parser and
+sets ``func``; heavy imports happen inside ``func`` so ``wbench --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from wbench import __version__
+
+# subcommand modules, in the order --help lists them
+SUBCOMMANDS = ("report", "verify", "train", "certify", "reproduce")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wbench",
+        description="Verify and benchmark Wasserstein robustness: Wasserstein smoothing "
+        "(Levine & Feizi 2020) and Wasserstein gradient penalties (Lin et al. 2019).",
+    )
+    parser.add_argument("--version", action="version", version=f"wbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"wbench.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"wbench.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
