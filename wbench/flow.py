@@ -142,14 +142,19 @@ def laplace_noise(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """I.i.d. Laplace noise with standard deviation ``sigma`` (scale ``sigma / sqrt(2)``).
+    """I.i.d. Laplace noise with standard deviation ``sigma`` (scale ``b = sigma / sqrt(2)``).
 
-    Drawn as the difference of two Exp(1) variables times the scale, on ``device``
-    with ``generator`` (which must live on the same device).
+    Inverse-CDF sampling from one uniform per variable: with ``u`` uniform on a grid
+    symmetric about 0 that excludes +-1/2, ``-b * sign(u) * log1p(-2|u|)``. The grid
+    offset (a quarter of the dtype's epsilon) keeps every draw finite, exactly as the
+    float sampler behind ``torch.Tensor.exponential_`` truncates its tail. Drawn on
+    ``device`` with ``generator`` (which must live on that device).
     """
     check_positive("sigma", sigma)
-    e = torch.empty((2, *shape), dtype=dtype, device=device).exponential_(generator=generator)
-    return (e[0] - e[1]).mul_(sigma / math.sqrt(2.0))
+    u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    u.sub_(0.5 - torch.finfo(dtype).eps / 4)
+    mag = u.abs().mul_(-2.0).log1p_().mul_(-sigma / math.sqrt(2.0))
+    return torch.copysign(mag, u, out=mag)
 
 
 def sample_laplace_flow(

@@ -1,0 +1,80 @@
+"""Smoothing noise in mass space (Levine & Feizi, Eq. 33 and Section 4).
+
+For an image ``x`` with total mass ``m`` (one scalar per image: the sum over all of
+its channels and pixels) both perturbations act on the normalised image ``x / m``
+and multiply the result back by ``m`` before it reaches the network:
+
+* Wasserstein: ``m * Delta(x / m, delta)``, every flow variable i.i.d. Laplace with
+  std ``sigma`` (per channel plans, Corollary 2);
+* Laplace baseline: ``m * (x / m + eps)``, ``eps`` i.i.d. Laplace with std ``sigma``.
+
+``sigma`` is in units of normalised mass. Nothing is clipped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wbench._validation import check_finite, check_nonnegative, check_positive
+from wbench.flow import apply_flow_unchecked, laplace_noise, sample_laplace_flow
+from wbench.options import Noise, parse_option
+
+
+def image_mass(x: torch.Tensor) -> torch.Tensor:
+    """Total mass per image of a batch ``(B, C, H, W)``, shaped ``(B, 1, 1, 1)`` for broadcasting."""
+    return x.sum(dim=(1, 2, 3), keepdim=True)
+
+
+def check_mass_images(x: torch.Tensor, name: str = "x") -> None:
+    """Raise unless ``x`` is a finite, non-negative ``(B, C, H, W)`` batch with positive mass per image.
+
+    This synchronises with the device: call it once per batch, never per sample.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be a batch (B, C, H, W); got shape {tuple(x.shape)}")
+    check_finite(name, x)
+    check_nonnegative(name, x)
+    if bool((image_mass(x) <= 0).any()):
+        raise ValueError(f"{name} has an image with zero total mass; mass normalisation is undefined")
+
+
+def perturb(
+    x: torch.Tensor,
+    sigma: float,
+    noise: Noise | str = Noise.WASSERSTEIN,
+    *,
+    generator: torch.Generator | None = None,
+    shared_across_batch: bool = False,
+    check: bool = True,
+) -> torch.Tensor:
+    """One noise draw per image of a batch ``(B, C, H, W)``, in mass space.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Non-negative images, ``(B, C, H, W)``.
+    sigma : float
+        Std of each Laplace variable (flow variable or pixel), in normalised mass.
+    noise : {"wasserstein", "laplace"}
+        Flow-space noise (Eq. 33) or the i.i.d. pixel baseline.
+    generator : torch.Generator, optional
+        Seeded generator on ``x.device``.
+    shared_across_batch : bool
+        Reuse one draw for every image of the batch (the training shortcut of
+        Levine & Feizi, Appendix B). Off by default: each image gets its own draw.
+    check : bool
+        Validate ``x`` (a device sync). Hot loops validate once and pass ``False``.
+    """
+    noise = parse_option(Noise, noise, "noise")
+    check_positive("sigma", sigma)
+    if check:
+        check_mass_images(x)
+    mass = image_mass(x)
+    xn = x / mass
+    draw_shape = (1, *x.shape[1:]) if shared_across_batch else tuple(x.shape)
+    if noise is Noise.WASSERSTEIN:
+        plan = sample_laplace_flow(draw_shape, sigma, generator=generator, dtype=x.dtype, device=x.device)
+        out = apply_flow_unchecked(xn, plan.vertical, plan.horizontal)
+    else:
+        out = xn + laplace_noise(draw_shape, sigma, generator=generator, dtype=x.dtype, device=x.device)
+    return out.mul_(mass)
