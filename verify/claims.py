@@ -88,6 +88,16 @@ class ClaimLedger:
         assert viol <= atol, f"{claim} [{case}]: lhs exceeds rhs by {viol:.3e} > {atol:.3e}"
         return float(viol)
 
+    def below(self, claim: str, value: float, bound: float, *, case: str = "") -> float:
+        """Assert a non-negative statistic is at most ``bound`` (e.g. a KS distance vs its critical value).
+
+        The recorded error is the statistic itself and the tolerance is the bound.
+        """
+        value = float(value)
+        self._record(claim, value if math.isfinite(value) else math.inf, float(bound))
+        assert value <= bound, f"{claim} [{case}]: statistic {value:.4g} > bound {bound:.4g}"
+        return value
+
     def true(self, claim: str, condition: bool, *, case: str = "", detail: str = "") -> None:
         """Assert a yes/no property (error 1 when false, tolerance 0)."""
         self._record(claim, 0.0 if condition else 1.0, 0.0)

@@ -50,3 +50,40 @@ def test_flow_direction_matches_definition(claims):
     y = apply_flow(x, FlowPlan(v, h))
     expected = torch.tensor([[0.25, 0.0], [0.25, 0.5], [0.0, 0.0]], dtype=torch.float64)
     claims.close("Def 3.1: sign convention of vertical/horizontal flows", y, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_flow_noise_is_laplace_with_std_sigma(claims, dtype):
+    """Eq. 33: every flow variable is i.i.d. Laplace with standard deviation sigma (scale sigma/sqrt 2).
+
+    A one-sample Kolmogorov-Smirnov test at level 1e-3 against scipy's Laplace CDF; a sampler with the
+    wrong scale (e.g. sigma instead of sigma/sqrt 2) has D ~ 0.1, far above the critical value.
+    """
+    import math
+
+    from scipy import stats
+
+    sigma = 0.37
+    g = torch.Generator().manual_seed(1234)
+    plan = sample_laplace_flow((40, 3, 30, 31), sigma, generator=g, dtype=dtype)
+    z = torch.cat([plan.vertical.flatten(), plan.horizontal.flatten()]).double().numpy()
+    n = z.size
+    ks = stats.kstest(z, stats.laplace(scale=sigma / math.sqrt(2)).cdf)
+    critical = stats.kstwo(n).ppf(1 - 1e-3)
+    claims.leq(
+        "Eq. 33: flow variables ~ Laplace(std sigma) (KS)",
+        ks.statistic,
+        critical,
+        atol=0.0,
+        case=f"{dtype} n={n}",
+    )
+    # the sample std is within 5 standard errors of sigma (Var of s^2 for Laplace: 5 sigma^4 / n)
+    se = sigma * math.sqrt(5.0 / n) / 2
+    claims.close(
+        "Eq. 33: flow variables ~ Laplace(std sigma) (std)",
+        z.std(),
+        sigma,
+        rtol=0,
+        atol=5 * se,
+        case=f"{dtype} n={n}",
+    )
