@@ -31,6 +31,7 @@ _EXPORTS = {
     "LaplaceSmoothing": "wbench.smoothing",
     "wasserstein_grad_norm_sq": "wbench.gradnorm",
     "wasserstein_laplacian": "wbench.gradnorm",
+    "gradient_penalty_loss": "wbench.penalties",
     "Ground": "wbench.options",
     "Solver": "wbench.options",
     "Noise": "wbench.options",
