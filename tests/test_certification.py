@@ -1,0 +1,93 @@
+"""Certified radii, Clopper-Pearson bounds and conventions (Levine & Feizi, Theorem 1, Corollaries 1, 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from wbench.certification import (
+    apply_convention,
+    certified_accuracy,
+    certified_radius,
+    lower_confidence_bound,
+    pixel_l1_radius,
+)
+
+
+@pytest.mark.parametrize(
+    "noise, ground, factor",
+    [
+        ("wasserstein", "l1", 1.0),
+        ("wasserstein", "l2", 1 / math.sqrt(2)),
+        ("laplace", "l1", 0.5),
+        ("laplace", "l2", 0.5),
+    ],
+)
+@pytest.mark.parametrize("p, sigma", [(0.9, 0.1), (0.51, 0.005), (0.999, 1e-3)])
+def test_radius_table(noise, ground, factor, p, sigma):
+    base = sigma / (2 * math.sqrt(2)) * math.log(p / (1 - p))
+    assert certified_radius(p, sigma, noise, ground) == pytest.approx(factor * base, rel=1e-13)
+
+
+def test_radius_is_vectorised_and_zero_below_one_half():
+    p = np.array([0.0, 0.3, 0.5, 0.75, 1.0])
+    r = certified_radius(p, 0.2)
+    assert isinstance(r, np.ndarray) and r.shape == p.shape
+    np.testing.assert_array_equal(r[:3], 0.0)
+    assert r[3] == pytest.approx(0.2 / (2 * math.sqrt(2)) * math.log(3.0), rel=1e-13)
+    assert r[4] == math.inf
+    for pi, ri in zip(p, r, strict=True):
+        assert certified_radius(float(pi), 0.2) == ri
+    assert isinstance(certified_radius(0.8, 0.2), float)
+    np.testing.assert_array_equal(pixel_l1_radius(p, 0.2), r)
+    assert certified_radius(p.reshape(5, 1), 0.2).shape == (5, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"p_lower": 1.2, "sigma": 0.1}, "p_lower"),
+        ({"p_lower": -0.1, "sigma": 0.1}, "p_lower"),
+        ({"p_lower": float("nan"), "sigma": 0.1}, "NaN"),
+        ({"p_lower": 0.9, "sigma": 0.0}, "sigma"),
+        ({"p_lower": 0.9, "sigma": -1.0}, "sigma"),
+        ({"p_lower": 0.9, "sigma": 0.1, "noise": "gaussian"}, "noise"),
+        ({"p_lower": 0.9, "sigma": 0.1, "ground": "linf"}, "ground"),
+    ],
+)
+def test_radius_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        certified_radius(**kwargs)
+
+
+@pytest.mark.parametrize("k, n, alpha", [(0, 10, 0.05), (7, 10, 0.05), (10, 10, 0.05), (9990, 10000, 0.001)])
+def test_lower_bound_is_one_sided_clopper_pearson(k, n, alpha):
+    expected = 0.0 if k == 0 else stats.beta.ppf(alpha, k, n - k + 1)
+    assert lower_confidence_bound(k, n, alpha) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    "args, match", [((11, 10, 0.05), "count"), ((1, 0, 0.05), "n must"), ((1, 10, 0.7), "alpha")]
+)
+def test_lower_bound_validation(args, match):
+    with pytest.raises(ValueError, match=match):
+        lower_confidence_bound(*args)
+
+
+def test_conventions():
+    assert apply_convention(3, 0.49, "cohen") == -1
+    assert apply_convention(3, 0.5, "cohen") == 3
+    assert apply_convention(3, 0.49, "authors") == 3
+    assert apply_convention(3, 0.9) == 3
+    with pytest.raises(ValueError, match="convention"):
+        apply_convention(3, 0.9, "mine")
+
+
+def test_certified_accuracy_counts_correct_unabstained_certificates():
+    radii = np.array([0.0, 0.1, 0.3, 0.0])
+    correct = np.array([True, True, False, False])
+    pred = np.array([2, 1, 4, -1])
+    np.testing.assert_allclose(certified_accuracy(radii, correct, pred, [0.0, 0.05, 0.2]), [0.5, 0.25, 0.0])

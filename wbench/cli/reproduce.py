@@ -1,0 +1,77 @@
+"""``wbench reproduce``: certified accuracy vs radius per sigma, Wasserstein vs Laplace (Table 1 of 000)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "reproduce",
+        help="train + certify per sigma, Wasserstein vs Laplace baseline: Markdown table and plot",
+        description="For each sigma, train a model with matching noise (or take --checkpoint), certify a "
+        "test subset with both noises and tabulate certified accuracy vs W1 radius. Resumable. Digits "
+        "defaults run in minutes on a CPU; MNIST/CIFAR-10 default to the paper's sigma grid and "
+        "n0=1000, n=10000, alpha=0.05.",
+    )
+    p.add_argument("--dataset", default="digits", help="digits | mnist | cifar10 (default digits)")
+    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    p.add_argument(
+        "--sigmas", type=_floats, default=None, help="comma-separated sigma grid (default: per data set)"
+    )
+    p.add_argument("--noises", default="wasserstein,laplace", help="comma-separated noises (default both)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: per data set)")
+    p.add_argument("--n0", type=int, default=None, help="selection samples (digits 100, else 1000)")
+    p.add_argument("--n", type=int, default=None, help="estimation samples (digits 1000, else 10000)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument(
+        "--max", type=int, default=None, dest="max_images", help="test images (digits 100, else all)"
+    )
+    p.add_argument("--skip", type=int, default=1, help="take every SKIP-th test image")
+    p.add_argument("--ground", default="l1", help="l1 | l2")
+    p.add_argument("--convention", default="cohen", help="cohen | authors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass")
+    p.add_argument("--data-root", default=None, help="folder holding MNIST / CIFAR-10")
+    p.add_argument("--radii", type=_floats, default=None, help="comma-separated radius grid of the table")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NOISE:SIGMA=PATH",
+        help="use an existing checkpoint for one (noise, sigma), e.g. wasserstein:0.01=runs/w/checkpoint.pt",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wbench.reproduce import ReproduceConfig, reproduce
+
+    checkpoints = {}
+    for spec in args.checkpoint:
+        key, sep, path = spec.partition("=")
+        if not sep or ":" not in key:
+            raise ValueError(f"malformed --checkpoint {spec!r}; use NOISE:SIGMA=PATH")
+        checkpoints[key] = path
+    config = ReproduceConfig(
+        dataset=args.dataset, out_dir=args.out, sigmas=args.sigmas,
+        noises=tuple(z.strip() for z in args.noises.split(",") if z.strip()), epochs=args.epochs,
+        n0=args.n0, n=args.n, alpha=args.alpha, max_images=args.max_images, skip=args.skip,
+        ground=args.ground, convention=args.convention, seed=args.seed, device=args.device,
+        batch_size=args.batch, data_root=args.data_root, radii=args.radii, checkpoints=checkpoints,
+    )  # fmt: skip
+    result = reproduce(config, progress=not args.no_progress)
+    print(result["table"])
+    print(f"radii: {result['radius_units']}; {result['images']} test images")
+    for name, path in result["files"].items():
+        print(f"wrote {name}: {path}")
+    return 0
