@@ -10,8 +10,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from wbench.flow import apply_flow_unchecked
-from wbench.smoothing import LaplaceSmoothing, Smooth, WassersteinSmoothing, _NoiseSampler, laplace_from_words
+from wbench.flow import apply_flow_unchecked, laplace_from_words
+from wbench.smoothing import LaplaceSmoothing, Smooth, WassersteinSmoothing, _NoiseSampler
 
 
 def linear_net(c: int, h: int, w: int, k: int = 3, seed: int = 0) -> nn.Module:

@@ -36,58 +36,11 @@ from torch import nn
 from wbench._validation import check_positive
 from wbench.certification import apply_convention, certified_radius, lower_confidence_bound
 from wbench.devices import resolve_device
+from wbench.flow import laplace_from_words
 from wbench.noise import check_mass_images
 from wbench.options import Convention, Ground, Noise, parse_option
 
 ABSTAIN = -1
-
-_MANTISSA_MASK = (1 << 23) - 1  # bits 0-22: the magnitude (a float32 mantissa)
-_SIGN_BIT = -(1 << 31)  # int32 0x80000000: bit 31, the sign
-_ONE_BITS = 0x3F800000  # float32 1.0
-_GRID_OFFSET = 1.0 - 2.0**-24  # f - offset = (k + 1/2) / 2**23 exactly (Sterbenz), f in [1, 2)
-
-
-def laplace_from_words(
-    words: torch.Tensor,
-    scale: float | torch.Tensor = 1.0,
-    out: torch.Tensor | None = None,
-    sign_buffer: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Laplace draws of scale ``b`` from uniformly random int32 ``words``, in place (``words`` is consumed).
-
-    With ``k = words & (2**23 - 1)`` uniform on {0, ..., 2**23 - 1}, setting the float32 exponent
-    bits gives ``f = 1 + k / 2**23``, and ``V = f - (1 - 2**-24) = (k + 1/2) / 2**23`` (exact) is
-    uniform on a grid in (0, 1) symmetric about 1/2, so ``-log V`` is Exp(1) (inverse CDF). Bit 31 of
-    the word, independent of ``k``, flips the sign of ``log V``; as Exp(1) with a fair random sign,
-    ``b * (+-log V)`` is Laplace with scale ``b``. This is the inverse-CDF construction of
-    :func:`wbench.flow.laplace_noise` (a 2**-23 grid, every draw finite, ``|draw| <= 16.6 b``), but it
-    takes its bits from ``torch.Tensor.random_`` on full-range int64 words, two draws per 64-bit word
-    (about half the cost of ``torch.rand`` on the CPU), and uses only in-place bit operations.
-
-    Parameters
-    ----------
-    words : torch.Tensor
-        int32 tensor of i.i.d. uniform words (all 32 bits); overwritten.
-    scale : float or torch.Tensor
-        The Laplace scale ``b = std / sqrt(2)`` (a 0-d tensor stays on the device). ``1.0`` skips
-        the multiplication, for callers that fold ``b`` into a later operation.
-    out : torch.Tensor, optional
-        Destination of another float dtype and ``words``' shape; default: float32 in ``words``' memory.
-    sign_buffer : torch.Tensor, optional
-        Contiguous int32 scratch space of ``words``' shape, reused across calls (no page faults).
-    """
-    sign = torch.bitwise_and(words, _SIGN_BIT, out=sign_buffer)
-    words.bitwise_and_(_MANTISSA_MASK).bitwise_or_(_ONE_BITS)
-    draws = words.view(torch.float32).sub_(_GRID_OFFSET)  # V in (0, 1), exact
-    if out is None:
-        draws.log_()  # log V < 0: float32 sign bit (bit 31) set
-        words.bitwise_xor_(sign)  # a fair random sign
-    else:
-        draws = out.copy_(draws).log_()
-        draws.copysign_(sign.view(torch.float32))  # the sign words read as +0.0 / -0.0
-    if not (isinstance(scale, float) and scale == 1.0):
-        draws.mul_(scale)
-    return draws
 
 
 class Smooth:
