@@ -1,0 +1,205 @@
+"""Shared helpers for the asv suites and the speed gate.
+
+* Parameter sets: reduced by default, full when ``WBENCH_BENCH_FULL=1`` (as scikit-image does
+  with an environment variable), via :func:`grid`.
+* Devices: every suite takes a ``device`` parameter in :data:`DEVICES`; :func:`require_device`
+  raises ``NotImplementedError`` for CUDA on a machine without it, which asv reports as skipped.
+* Seeded synthetic inputs shaped like the papers' data (MNIST-like sparse masses, dense colour
+  images, equal-mass histogram pairs).
+* :func:`interleaved_times`: A B A B ... timing of two callables, used by ``track_`` ratio
+  benchmarks and by ``bench/speed_gate.py``.
+* :func:`make_train_step`: one SGD step of each training mode of the papers.
+
+Nothing here is named like an asv benchmark (``time_``, ``peakmem_``, ``track_``...), and no
+class is exported, so asv's discovery finds nothing to run in this module.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+FULL: bool = os.environ.get("WBENCH_BENCH_FULL", "").strip() not in ("", "0")
+"""True when the full parameter grids were requested with ``WBENCH_BENCH_FULL=1``."""
+
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+TRAIN_MODES: tuple[str, ...] = (
+    "clean",
+    "flow_noise",
+    "laplace_noise",
+    "euclidean_penalty",
+    "wasserstein_penalty",
+)
+"""Training modes: plain CE, CE on Wasserstein (flow) or Laplace smoothing noise (Levine & Feizi,
+App. B), CE + eta^2 * squared input-gradient norm in the Euclidean or Wasserstein metric (Lin et al.,
+App. D)."""
+
+# Values taken from the papers' grids: MNIST sigma 0.01 (Levine & Feizi), eta 0.1, radius 2 (Lin et al.).
+TRAIN_SIGMA = 0.01
+TRAIN_ETA = 0.1
+TRAIN_RADIUS = 2
+
+
+def grid(reduced: Sequence, full: Sequence) -> list:
+    """The reduced parameter list, or the full one under ``WBENCH_BENCH_FULL=1``."""
+    return list(full if FULL else reduced)
+
+
+def require_device(name: str) -> torch.device:
+    """``torch.device(name)``; raises ``NotImplementedError`` (asv: skipped) for CUDA without a GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NotImplementedError("CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels on ``device`` (a no-op on the CPU); call inside timed functions."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generator(device: torch.device, seed: int = 0) -> torch.Generator:
+    """A seeded ``torch.Generator`` living on ``device``."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def mnist_like(
+    batch: int,
+    channels: int = 1,
+    height: int = 28,
+    width: int = 28,
+    *,
+    density: float = 0.2,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Seeded non-negative images ``(B, C, H, W)`` in [0, 1] with about ``density`` non-zero pixels.
+
+    ``density=0.2`` matches MNIST (about 19% of pixels are non-zero); ``density=1`` gives dense
+    CIFAR-like images. Every image has positive mass (pixel (0, 0) of channel 0 is kept non-zero),
+    so mass-space smoothing noise is defined.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, channels, height, width, generator=g, dtype=dtype)
+    if density < 1.0:
+        keep = torch.rand(batch, channels, height, width, generator=g) < density
+        x = x * keep
+    x[:, 0, 0, 0] = x[:, 0, 0, 0].clamp_min(0.5)
+    return x.to(device)
+
+
+def labels(
+    batch: int, num_classes: int = 10, *, seed: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Seeded integer class labels of shape ``(batch,)``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(num_classes, (batch,), generator=g).to(device)
+
+
+def histogram_pair(size: int, kind: str, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two float64 ``(size, size)`` histograms of total mass 1 each.
+
+    ``kind="dense"``: every pixel uniform in (0, 1]. ``kind="sparse"``: MNIST-like, about 20% of
+    pixels non-zero (a different support in each histogram).
+    """
+    if kind not in ("dense", "sparse"):
+        raise ValueError(f"unknown histogram kind {kind!r}; expected 'dense' or 'sparse'")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(2):
+        h = 1.0 - rng.random((size, size))  # (0, 1]: strictly positive
+        if kind == "sparse":
+            h *= rng.random((size, size)) < 0.2
+            h[rng.integers(size), rng.integers(size)] = 1.0
+        out.append(h / h.sum())
+    return out[0], out[1]
+
+
+def interleaved_times(
+    fn_a: Callable[[], object],
+    fn_b: Callable[[], object],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[float], list[float]]:
+    """Per-call times of ``fn_a`` and ``fn_b`` measured alternately, A B A B ..., after warm-up.
+
+    Both callables must synchronise their device themselves (see :func:`sync`). Interleaving
+    exposes both sides to the same machine load, so their ratio is stable on a shared machine
+    even when absolute times drift.
+
+    Returns
+    -------
+    (list of float, list of float)
+        ``rounds`` timings of A and of B, in seconds, paired by round.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times_a: list[float] = []
+    times_b: list[float] = []
+    for _ in range(rounds):
+        t0 = clock()
+        fn_a()
+        t1 = clock()
+        fn_b()
+        t2 = clock()
+        times_a.append(t1 - t0)
+        times_b.append(t2 - t1)
+    return times_a, times_b
+
+
+def median_pair_ratio(times_a: Sequence[float], times_b: Sequence[float]) -> float:
+    """Median over rounds of ``time_a / time_b`` (each pair measured back to back)."""
+    if len(times_a) != len(times_b) or not times_a:
+        raise ValueError(f"need equally many (>= 1) timings; got {len(times_a)} and {len(times_b)}")
+    if min(times_b) <= 0:
+        raise ValueError("timings of side B must be positive")
+    return statistics.median(a / b for a, b in zip(times_a, times_b, strict=True))
+
+
+def make_train_step(
+    model: torch.nn.Module,
+    mode: str,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    sigma: float = TRAIN_SIGMA,
+    eta: float = TRAIN_ETA,
+    radius: int = TRAIN_RADIUS,
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One step of :func:`wbench.training.train_step` in a training mode of :data:`TRAIN_MODES`.
+
+    SGD with momentum 0.9 and weight decay 5e-4 (Levine & Feizi, Table 3). Noise modes draw a fresh
+    noise sample per image from a seeded generator on ``device``; penalty modes go through
+    :func:`wbench.penalties.gradient_penalty_loss`. The returned callable runs forward, backward and
+    the optimiser update, then synchronises the device.
+    """
+    from wbench.training import train_step
+
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"unknown training mode {mode!r}; expected one of {TRAIN_MODES}")
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    kwargs: dict = {}
+    if mode in ("flow_noise", "laplace_noise"):
+        noise = "wasserstein" if mode == "flow_noise" else "laplace"
+        kwargs = dict(noise=noise, sigma=sigma, generator=generator(device, seed))
+    elif mode in ("euclidean_penalty", "wasserstein_penalty"):
+        kwargs = dict(penalty=mode.removesuffix("_penalty"), eta=eta, radius=radius)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        train_step(model, opt, x, y, **kwargs)
+        sync(device)
+
+    return step

@@ -1,0 +1,95 @@
+"""Monte Carlo throughput of randomized smoothing: noise samples per second vs plain forward passes.
+
+Certifying one image with Cohen et al.'s CERTIFY costs n0 + n noisy forward passes (Levine & Feizi used
+n0 = 1000, n = 10,000), so the smoothing overhead (noise draw + Delta + mass scaling, Eq. 33) relative
+to the network's own forward pass is what decides certification time. ``time_`` entries give seconds
+per sub-batch of ``batch`` samples (samples/s = batch / time); ``track_throughput_ratio`` measures
+(smoothed samples/s) / (plain forward samples/s) by interleaving both in one process.
+"""
+
+from __future__ import annotations
+
+from bench import _common as common
+
+_SIGMA = {"mnist_wong": 0.01, "resnet20_softplus": 1e-4, "cifar_resnet18": 1e-4}
+_SHAPE = {"mnist_wong": (1, 28, 28), "resnet20_softplus": (3, 32, 32), "cifar_resnet18": (3, 32, 32)}
+_MODELS = common.grid(["mnist_wong"], ["mnist_wong", "resnet20_softplus", "cifar_resnet18"])
+
+
+class _SmoothingFixture:
+    """Builds the model, one test image, its repeated batch and both smoothed classifiers."""
+
+    def _build(self, model_name: str, batch: int, device: str) -> None:
+        import torch
+
+        from wbench.models import build_model
+        from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
+
+        self.device = common.require_device(device)
+        if model_name == "cifar_resnet18" and self.device.type == "cpu":
+            raise NotImplementedError("ResNet-18 at certification batch sizes is a GPU benchmark")
+        torch.manual_seed(0)
+        self.model = build_model(model_name).to(self.device).eval()
+        c, h, w = _SHAPE[model_name]
+        self.x = common.mnist_like(1, c, h, w, density=0.2 if c == 1 else 1.0, device=self.device)[0]
+        self.batch_x = self.x.unsqueeze(0).repeat(batch, 1, 1, 1)
+        kwargs = dict(batch_size=batch, device=self.device, generator=0)
+        sigma = _SIGMA[model_name]
+        self.smoothers = {
+            "wasserstein": WassersteinSmoothing(self.model, 10, sigma, **kwargs),
+            "laplace": LaplaceSmoothing(self.model, 10, sigma, **kwargs),
+        }
+        self.batch = batch
+        self._inference_mode = torch.inference_mode
+
+    def _forward(self) -> None:
+        with self._inference_mode():
+            self.model(self.batch_x).argmax(1)
+        common.sync(self.device)
+
+    def _smoothed(self, noise: str) -> None:
+        self.smoothers[noise].sample_counts(self.x, self.batch, self.batch)
+        common.sync(self.device)
+
+
+class SamplingThroughputSuite(_SmoothingFixture):
+    """Seconds per sub-batch: plain forward, Wasserstein-smoothed and Laplace-smoothed class counts."""
+
+    params = (
+        _MODELS,
+        ["forward", "wasserstein", "laplace"],
+        common.grid([1000], [100, 1000]),
+        list(common.DEVICES),
+    )
+    param_names = ("model", "kind", "batch", "device")
+    timeout = 300
+    number = 1
+    repeat = (3, 10, 10.0)
+    warmup_time = 0.0
+
+    def setup(self, model, kind, batch, device):
+        self._build(model, batch, device)
+        self._run = self._forward if kind == "forward" else (lambda: self._smoothed(kind))
+        self._run()  # warm-up: first-call allocations and kernel selection
+
+    def time_batch(self, model, kind, batch, device):
+        self._run()
+
+
+class SmoothingOverheadSuite(_SmoothingFixture):
+    """(Smoothed samples/s) / (plain forward samples/s), interleaved in one process; 1.0 = free noise."""
+
+    params = (_MODELS, ["wasserstein", "laplace"], common.grid([1000], [100, 1000]), list(common.DEVICES))
+    param_names = ("model", "noise", "batch", "device")
+    timeout = 600
+    unit = "ratio"
+    rounds_per_call = 7
+
+    def setup(self, model, noise, batch, device):
+        self._build(model, batch, device)
+
+    def track_throughput_ratio(self, model, noise, batch, device):
+        t_fwd, t_smooth = common.interleaved_times(
+            self._forward, lambda: self._smoothed(noise), self.rounds_per_call, warmup=1
+        )
+        return common.median_pair_ratio(t_fwd, t_smooth)
