@@ -70,11 +70,13 @@ def perturb(
     if check:
         check_mass_images(x)
     mass = image_mass(x)
-    xn = x / mass
     draw_shape = (1, *x.shape[1:]) if shared_across_batch else tuple(x.shape)
+    # m * Delta(x / m, delta) = Delta(x, m * delta) and m * (x / m + eps) = x + m * eps: the mass
+    # scales the noise, so the image is never divided and multiplied back
     if noise is Noise.WASSERSTEIN:
         plan = sample_laplace_flow(draw_shape, sigma, generator=generator, dtype=x.dtype, device=x.device)
-        out = apply_flow_unchecked(xn, plan.vertical, plan.horizontal)
-    else:
-        out = xn + laplace_noise(draw_shape, sigma, generator=generator, dtype=x.dtype, device=x.device)
-    return out.mul_(mass)
+        if shared_across_batch:  # one draw broadcast to every image, each scaled by its own mass
+            return apply_flow_unchecked(x, plan.vertical * mass, plan.horizontal * mass)
+        return apply_flow_unchecked(x, plan.vertical.mul_(mass), plan.horizontal.mul_(mass))
+    eps = laplace_noise(draw_shape, sigma, generator=generator, dtype=x.dtype, device=x.device)
+    return x + eps * mass if shared_across_batch else eps.mul_(mass).add_(x)
