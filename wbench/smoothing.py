@@ -36,7 +36,7 @@ from torch import nn
 from wbench._validation import check_positive
 from wbench.certification import apply_convention, certified_radius, lower_confidence_bound
 from wbench.devices import resolve_device
-from wbench.flow import laplace_from_words
+from wbench.flow import RandomWords, laplace_from_words
 from wbench.noise import check_mass_images
 from wbench.options import Convention, Ground, Noise, parse_option
 
@@ -175,7 +175,8 @@ class Smooth:
             Number of noise draws.
         batch_size : int, optional
             Copies per forward pass (default: the constructor's). On the CPU the counts do
-            not depend on it: each image's noise is a fixed slice of the generator's stream.
+            not depend on it: each call reads one word stream (:class:`wbench.flow.RandomWords`)
+            seeded from the generator, and every copy takes a fixed slice of it.
 
         Returns
         -------
@@ -241,7 +242,7 @@ class LaplaceSmoothing(Smooth):
 class _NoiseSampler:
     """Reusable buffers for the noisy copies of one image (the hot loop allocates nothing).
 
-    Every image consumes ``words_per_image`` int64 words of the generator's stream, so on
+    Every image consumes ``words_per_image`` int64 words of a :class:`RandomWords` stream, so on
     the CPU the concatenation of sub-batches equals one large batch. A sampler is kept by its
     :class:`Smooth` and re-bound to each new image of the same shape, so repeated calls do not
     pay for fresh pages either.
@@ -269,6 +270,7 @@ class _NoiseSampler:
     def bind(self, x: torch.Tensor, sigma: float, generator: torch.Generator) -> _NoiseSampler:
         """Sample around image ``x`` ``(1, C, H, W)`` with noise std ``sigma`` (normalised mass)."""
         self.x, self.generator = x, generator
+        self.stream = RandomWords(generator, x.device)  # one word stream per image
         # the Laplace scale of the mass-space noise m * delta, m * sigma / sqrt(2): one host sync per
         # image (outside the sampling loop), then folded into Delta's additions as ``alpha``
         self.scale = float(x.sum()) * sigma / math.sqrt(2.0)
@@ -276,7 +278,7 @@ class _NoiseSampler:
 
     def draw(self, b: int) -> torch.Tensor:
         """``b`` noisy copies ``m * Delta(x / m, delta)`` (or ``x + m * eps``), shape (b, C, H, W)."""
-        words = self.words[:b].random_(-(2**63), None, generator=self.generator)  # all 64 bits
+        words = self.stream.fill_(self.words[:b])  # all 64 bits
         words32 = words.view(torch.int32)[:, : self.per_image]
         cast = None if self.eps_cast is None else self.eps_cast[:b]
         eps = laplace_from_words(words32, 1.0, cast, self.sign[:b])  # unit scale; b enters as alpha
