@@ -28,7 +28,7 @@ class GradNormSuite:
         _IMPLS,
         list(_SHAPES),
         common.grid([2], [2, 4]),
-        common.grid([8], [8, 32]),
+        common.grid([8], [8, 32, 64]),
         list(common.DEVICES),
     )
     param_names = ("impl", "shape", "radius", "batch", "device")
