@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -11,10 +10,8 @@ import torch.nn.functional as F
 
 from wbench.models import build_model, load_model
 from wbench.noise import image_mass
+from wbench.penalties import gradient_penalty_loss
 from wbench.training import PRESETS, TrainConfig, random_crop_flip, train, train_step
-
-HAVE_PENALTIES = importlib.util.find_spec("wbench.penalties") is not None
-needs_penalties = pytest.mark.skipif(not HAVE_PENALTIES, reason="wbench.penalties not written yet")
 
 TINY = {
     "dataset": "digits",
@@ -209,11 +206,8 @@ def test_step_rejects_negative_images_when_checking():
         train_step(model, opt, x, torch.tensor([0, 1]), noise="wasserstein", sigma=0.1, check_input=True)
 
 
-@needs_penalties
 @pytest.mark.parametrize("metric", ["euclidean", "wasserstein"])
 def test_step_penalty_matches_gradient_penalty_loss(metric):
-    from wbench.penalties import gradient_penalty_loss
-
     torch.manual_seed(0)
     model = build_model("digits_cnn")
     x, y = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(6)
@@ -290,7 +284,7 @@ def test_train_writes_weights_only_checkpoint_and_metrics(tmp_path):
     "mode",
     [
         {"noise": "wasserstein", "sigma": 0.01, "augment": True},
-        pytest.param({"penalty": "wasserstein", "eta": 0.5, "radius": 2.0}, marks=needs_penalties),
+        {"penalty": "wasserstein", "eta": 0.5, "radius": 2.0},
     ],
     ids=["flow-noise+augment", "wasserstein-penalty"],
 )

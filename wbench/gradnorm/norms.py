@@ -17,6 +17,10 @@ summed over channels. The three implementations compute the same number:
 * ``"edges"``: gathers both end points of an explicit edge list.
 * ``"dense"``: assembles the n x n matrix L(x) = D^T Lambda(x) D (Appendix B, Definition 1)
   per sample and channel and evaluates g^T L g; the O(n^2) reference.
+
+The three share the graph tables of :mod:`wbench.gradnorm.graph` (the offsets, the edge list and
+the volume form d), so their agreement checks the arithmetic, not the graph; the graph itself is
+checked against a brute-force enumeration of pixel pairs in ``verify/test_gradnorm.py``.
 """
 
 from __future__ import annotations
