@@ -103,3 +103,12 @@ def test_mismatched_settings_refuse_to_resume(checkpoint, tmp_path, capsys):
 def test_bad_options_are_clean_errors(checkpoint, tmp_path, capsys, extra, match):
     assert certify(checkpoint, tmp_path, "--max", "1", *extra) == 2
     assert match in capsys.readouterr().err
+
+
+def test_repeated_indices_and_smaller_reruns(checkpoint, tmp_path):
+    assert certify(checkpoint, tmp_path, "--indices", "1,1,2") == 0
+    assert [int(r["index"]) for r in read_csv_rows(tmp_path / "certify.csv")] == [1, 2]
+    assert certify(checkpoint, tmp_path, "--indices", "2") == 0  # nothing new to certify
+    assert len(read_csv_rows(tmp_path / "certify.csv")) == 2
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["images"] == 1  # only the image asked for, not every row of the folder

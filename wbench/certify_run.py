@@ -197,6 +197,7 @@ def certify_dataset(
         model, num_classes, settings.sigma, batch_size=settings.batch_size, device=device, generator=0
     )
     csv_path = out_dir / CSV_FILE
+    indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
     done = {int(r["index"]) for r in read_csv_rows(csv_path)}
     todo = [i for i in indices if i not in done]
     per_image = settings.n0 + settings.n
@@ -226,7 +227,7 @@ def certify_dataset(
             samples, busy = samples + per_image, busy + dt
             bar.set_postfix(samples_per_s=f"{samples / max(busy, 1e-9):.0f}")
         bar.close()
-    return write_summary(out_dir, settings, radii=radii, extra={"source": source or {}})
+    return write_summary(out_dir, settings, radii=radii, indices=indices, extra={"source": source or {}})
 
 
 def summarize_rows(rows: Sequence[dict[str, str]], settings: CertifySettings, radii: Sequence[float]) -> dict:
@@ -255,13 +256,21 @@ def write_summary(
     settings: CertifySettings,
     *,
     radii: Sequence[float] | None = None,
+    indices: Iterable[int] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Summarise ``certify.csv`` into ``summary.json`` (atomic) and ``certified_accuracy.png``."""
+    """Summarise ``certify.csv`` into ``summary.json`` (atomic) and ``certified_accuracy.png``.
+
+    ``indices`` restricts the summary to those images (default: every row of the CSV), so a
+    rerun that asks for fewer images than the folder holds reports only the ones it asked for.
+    """
     from wbench.plots import plot_certified_accuracy
 
     out_dir = Path(out_dir)
     rows = read_csv_rows(out_dir / CSV_FILE)
+    if indices is not None:
+        wanted = {int(i) for i in indices}
+        rows = [r for r in rows if int(r["index"]) in wanted]
     radii = default_radius_grid(settings) if radii is None else np.asarray(radii, dtype=np.float64)
     summary = summarize_rows(rows, settings, radii)
     summary.update(
@@ -275,9 +284,18 @@ def write_summary(
     )
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     label = f"{settings.noise} sigma={settings.sigma:g}"
+    # the curve on a fine grid from the per-image radii: a step plot of the coarse summary grid
+    # would hold each value up to the next grid point and overstate the accuracy in between
+    radius = np.array([float(r["radius"]) for r in rows], dtype=np.float64)
+    finite = radius[np.isfinite(radius)]
+    r_top = max(float(finite.max()) if finite.size else 0.0, float(np.max(radii)) if len(radii) else 0.0)
+    grid = np.linspace(0.0, 1.05 * r_top if r_top > 0 else 1.0, 300)
+    pred = [int(r["prediction"]) for r in rows]
+    correct = [int(r["correct"]) for r in rows]
     plot_certified_accuracy(
-        {label: (summary["radii"], summary["certified_accuracy"])},
+        {label: (grid, certified_accuracy(radius, correct, pred, grid))},
         out_dir / PLOT_FILE,
         title=f"{summary['images']} images, n0={settings.n0}, n={settings.n}, alpha={settings.alpha}",
+        xlabel=f"certified W1 radius ({settings.ground} ground metric, normalised mass)",
     )
     return summary

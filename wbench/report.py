@@ -117,16 +117,27 @@ def _markdown(
         f"alpha^(1/n) = {s['alpha'] ** (1 / s['n']):.5f}, so no radius above "
         f"{summary['max_certifiable_radius']['wasserstein']:.4g} (Wasserstein) or "
         f"{summary['max_certifiable_radius']['laplace']:.4g} (Laplace baseline, Corollary 1 halves it) can "
-        "be certified here, and every radius is smaller than a run with more samples would give. "
+        "be certified here, and radii are typically smaller than a run with more samples would give. "
         f"Only {w['images']} test images are certified, so each accuracy has a binomial standard error "
         f"of up to {50 / max(w['images'], 1) ** 0.5:.0f} percentage points. These numbers show the pipeline "
         "working on a small problem, not the paper's results; "
-        "`wbench reproduce --dataset mnist` runs the paper's settings on a GPU.",
+        "`wbench reproduce --dataset mnist` runs the paper's settings on a GPU."
+        + (
+            " This is a `--quick` smoke run: the models are trained for only a few epochs, so low "
+            "accuracies here say nothing about the method."
+            if summary["quick"]
+            else ""
+        ),
         "- Radii are W1 distances with the L1 ground metric between normalised images (total mass 1).",
         "",
         "## Certified accuracy (%) at W1 radius",
         "",
         result["table"],
+        "",
+        "`clean acc.` is the certified accuracy at radius 0: the fraction of images whose CERTIFY "
+        "prediction is correct and not abstained (an abstention counts as wrong). `mean radius` is the "
+        "certified radius averaged over all images, counting wrong and abstained images as 0. Radius "
+        "columns give the fraction certified correct at a W1 radius of at least r.",
         "",
         f"Smoothed clean accuracy: Wasserstein {100 * w['clean_smoothed_accuracy']:.1f}%, Laplace baseline "
         f"{100 * lap['clean_smoothed_accuracy']:.1f}%; "
