@@ -115,25 +115,48 @@ def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> 
     )
 
 
-class _BasicBlock(nn.Module):
-    """ResNet basic block with a projection shortcut (ResNet-18 style)."""
+class _PadShortcut(nn.Module):
+    """He et al.'s parameter-free "option A" shortcut: subsample, zero-pad the new channels."""
 
     def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.extra = c_out - c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        lo = self.extra // 2
+        return F.pad(x, (0, 0, 0, 0, lo, self.extra - lo))
+
+
+class _BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN layers, an activation, and a shortcut.
+
+    ``shortcut="projection"`` is ResNet-18's 1x1 conv-BN ("option B"); ``"pad"`` is the CIFAR
+    ResNet-20's parameter-free subsample-and-zero-pad ("option A"). Either is the identity when
+    the shape does not change.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, act: nn.Module, shortcut: str):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
+        self.act = act
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
+            if shortcut == "projection":
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+                )
+            else:
+                self.shortcut = _PadShortcut(c_in, c_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act(out + self.shortcut(x))
 
 
 class CifarResNet18(nn.Module):
@@ -153,7 +176,10 @@ class CifarResNet18(nn.Module):
         layers: list[nn.Module] = []
         c_in = 64
         for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers += [_BasicBlock(c_in, c_out, stride), _BasicBlock(c_out, c_out, 1)]
+            layers += [
+                _BasicBlock(c_in, c_out, stride, nn.ReLU(), "projection"),
+                _BasicBlock(c_out, c_out, 1, nn.ReLU(), "projection"),
+            ]
             c_in = c_out
         self.layers = nn.Sequential(*layers)
         self.linear = nn.Linear(512, num_classes)
@@ -163,40 +189,6 @@ class CifarResNet18(nn.Module):
         out = self.layers(out)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
-
-
-class _PadShortcut(nn.Module):
-    """He et al.'s parameter-free "option A" shortcut: subsample, zero-pad the new channels."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.stride = stride
-        self.extra = c_out - c_in
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        lo = self.extra // 2
-        return F.pad(x, (0, 0, 0, 0, lo, self.extra - lo))
-
-
-class _SoftplusBlock(nn.Module):
-    """CIFAR ResNet basic block with softplus activations and an option-A shortcut."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int, beta: float):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.act = nn.Softplus(beta=beta)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = _PadShortcut(c_in, c_out, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act(out + self.shortcut(x))
 
 
 class ResNet20Softplus(nn.Module):
@@ -224,7 +216,8 @@ class ResNet20Softplus(nn.Module):
         c_in = 16
         for c_out, stride in ((16, 1), (32, 2), (64, 2)):
             for k in range(blocks_per_stage):
-                layers.append(_SoftplusBlock(c_in, c_out, stride if k == 0 else 1, beta))
+                block_stride = stride if k == 0 else 1
+                layers.append(_BasicBlock(c_in, c_out, block_stride, nn.Softplus(beta=beta), "pad"))
                 c_in = c_out
         self.layers = nn.Sequential(*layers)
         self.linear = nn.Linear(64, num_classes)
