@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from wbench import fastnoise
 from wbench.flow import apply_flow_unchecked, laplace_from_words
 from wbench.smoothing import LaplaceSmoothing, Smooth, WassersteinSmoothing, _NoiseSampler
 
@@ -37,13 +38,23 @@ class Constant(nn.Module):
         return out
 
 
+@pytest.fixture(params=["fused", "torch"])
+def backend(request, monkeypatch):
+    """Run a test on the compiled kernel (CPU float32) and on the torch implementation."""
+    if request.param == "fused" and not fastnoise.available():
+        pytest.skip("compiled kernel not built")
+    if request.param == "torch":
+        monkeypatch.setattr(fastnoise, "_LIB", None)
+    return request.param
+
+
 def image(c: int = 1, h: int = 5, w: int = 4, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(c, h, w, generator=g)
 
 
 @pytest.mark.parametrize("cls", [WassersteinSmoothing, LaplaceSmoothing])
-def test_fixed_seed_gives_identical_certificates(cls):
+def test_fixed_seed_gives_identical_certificates(cls, backend):
     x = image()
     a = cls(linear_net(1, 5, 4), 3, 0.05, generator=123, device="cpu")
     b = cls(linear_net(1, 5, 4), 3, 0.05, generator=123, device="cpu")
@@ -55,7 +66,7 @@ def test_fixed_seed_gives_identical_certificates(cls):
 
 @pytest.mark.parametrize("cls", [WassersteinSmoothing, LaplaceSmoothing])
 @pytest.mark.parametrize("shape", [(1, 5, 4), (3, 4, 3), (1, 3, 3)])
-def test_counts_do_not_depend_on_sub_batch_size(cls, shape):
+def test_counts_do_not_depend_on_sub_batch_size(cls, shape, backend):
     x = image(*shape)
     net = linear_net(*shape)
     ref = cls(net, 3, 0.1, generator=7, device="cpu").sample_counts(x, 1000, batch_size=1000)
@@ -65,7 +76,7 @@ def test_counts_do_not_depend_on_sub_batch_size(cls, shape):
     assert ref.sum() == 1000
 
 
-def test_reused_buffers_do_not_leak_between_images():
+def test_reused_buffers_do_not_leak_between_images(backend):
     a, b = image(seed=1), image(seed=2) * 3.0
     net = linear_net(1, 5, 4)
     sm = WassersteinSmoothing(net, 3, 0.1, generator=0, device="cpu")
@@ -76,7 +87,7 @@ def test_reused_buffers_do_not_leak_between_images():
     np.testing.assert_array_equal(reused, fresh)
 
 
-def test_odd_variable_count_is_batch_invariant():
+def test_odd_variable_count_is_batch_invariant(backend):
     # 1 x 2 x 3: 3 vertical + 4 horizontal = 7 flow variables per image (odd)
     x = image(1, 2, 3)
     net = linear_net(1, 2, 3)

@@ -13,8 +13,11 @@ and multiply the result back by ``m`` before it reaches the network:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from wbench import fastnoise
 from wbench._validation import check_finite, check_nonnegative, check_positive
 from wbench.flow import apply_flow_unchecked, laplace_noise, sample_laplace_flow
 from wbench.options import Noise, parse_option
@@ -64,19 +67,33 @@ def perturb(
         Levine & Feizi, Appendix B). Off by default: each image gets its own draw.
     check : bool
         Validate ``x`` (a device sync). Hot loops validate once and pass ``False``.
+
+    Notes
+    -----
+    On the CPU in float32 (and unless ``x`` requires grad, or the draw is shared) the noise
+    comes from the fused kernel of :mod:`wbench.fastnoise`; elsewhere from
+    :func:`wbench.flow.sample_laplace_flow` / :func:`wbench.flow.laplace_noise`. Both draw every
+    variable i.i.d. Laplace with std ``sigma``, from different random streams.
     """
     noise = parse_option(Noise, noise, "noise")
     check_positive("sigma", sigma)
     if check:
         check_mass_images(x)
     mass = image_mass(x)
+    plain = not (x.requires_grad and torch.is_grad_enabled())  # no graph to keep: in place is fine
+    if plain and not shared_across_batch and fastnoise.usable(x):
+        # CPU float32: the fused kernel (one Philox stream per call, image i numbered i)
+        scale = (mass.reshape(-1) * (sigma / math.sqrt(2.0))).contiguous()
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        key = fastnoise.random_key(generator)
+        return fastnoise.noisy_copies(x.contiguous(), scale, out, key=key, flow=noise is Noise.WASSERSTEIN)
     draw_shape = (1, *x.shape[1:]) if shared_across_batch else tuple(x.shape)
     # m * Delta(x / m, delta) = Delta(x, m * delta) and m * (x / m + eps) = x + m * eps: the mass
     # scales the noise, so the image is never divided and multiplied back
     if noise is Noise.WASSERSTEIN:
         plan = sample_laplace_flow(draw_shape, sigma, generator=generator, dtype=x.dtype, device=x.device)
-        if shared_across_batch:  # one draw broadcast to every image, each scaled by its own mass
+        if shared_across_batch or not plain:  # shared: one draw broadcast, scaled by each image's mass
             return apply_flow_unchecked(x, plan.vertical * mass, plan.horizontal * mass)
         return apply_flow_unchecked(x, plan.vertical.mul_(mass), plan.horizontal.mul_(mass))
     eps = laplace_noise(draw_shape, sigma, generator=generator, dtype=x.dtype, device=x.device)
-    return x + eps * mass if shared_across_batch else eps.mul_(mass).add_(x)
+    return x + eps * mass if shared_across_batch or not plain else eps.mul_(mass).add_(x)

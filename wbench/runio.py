@@ -28,12 +28,16 @@ def environment_record() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    from wbench import fastnoise
+
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": versions,
         "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # which sampler drew CPU float32 noise: the streams differ, so a seed reproduces per build
+        "cpu_noise_sampler": "fastnoise (compiled)" if fastnoise.available() else "torch",
     }
 
 

@@ -12,8 +12,10 @@ replaces the flow by i.i.d. pixel noise on ``x / m``.
 
 The hot path uses the identity ``m * Delta(x / m, delta) = x + m * div(delta)`` (Delta is
 affine in ``x`` and linear in ``delta``): the mass is folded into the noise scale, so the
-image is never divided and multiplied back, and each sub-batch costs one RNG call, a few
-in-place element-wise passes and the network forward. Counts are accumulated on the
+image is never divided and multiplied back. On the CPU in float32 each sub-batch of noisy
+copies is one pass of the compiled kernel of :mod:`wbench.fastnoise` (Philox words, Laplace
+transform and flow stencil fused, on torch's own threads); elsewhere it is one RNG call and a
+few in-place element-wise passes. Counts are accumulated on the
 device with ``torch.bincount`` and reach the host once, at the end.
 
 References
@@ -33,6 +35,7 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
+from wbench import fastnoise
 from wbench._validation import check_positive
 from wbench.certification import apply_convention, certified_radius, lower_confidence_bound
 from wbench.devices import resolve_device
@@ -175,8 +178,9 @@ class Smooth:
             Number of noise draws.
         batch_size : int, optional
             Copies per forward pass (default: the constructor's). On the CPU the counts do
-            not depend on it: each call reads one word stream (:class:`wbench.flow.RandomWords`)
-            seeded from the generator, and every copy takes a fixed slice of it.
+            not depend on it: each call draws one key (or one word stream) from the generator,
+            and copy ``k`` always takes the same noise (:mod:`wbench.fastnoise`: Philox counter
+            ``k``; otherwise a fixed slice of a :class:`wbench.flow.RandomWords` stream).
 
         Returns
         -------
@@ -242,8 +246,10 @@ class LaplaceSmoothing(Smooth):
 class _NoiseSampler:
     """Reusable buffers for the noisy copies of one image (the hot loop allocates nothing).
 
-    Every image consumes ``words_per_image`` int64 words of a :class:`RandomWords` stream, so on
-    the CPU the concatenation of sub-batches equals one large batch. A sampler is kept by its
+    On the CPU in float32 the copies come from :func:`wbench.fastnoise.noisy_copies` (copy ``k``
+    of an image is Philox image ``k`` under the key drawn at :meth:`bind`); otherwise every copy
+    consumes ``words_per_image`` int64 words of a :class:`RandomWords` stream. Either way, on the
+    CPU the concatenation of sub-batches equals one large batch. A sampler is kept by its
     :class:`Smooth` and re-bound to each new image of the same shape, so repeated calls do not
     pay for fresh pages either.
     """
@@ -254,30 +260,46 @@ class _NoiseSampler:
         _, c, h, w = shape
         self.key = (tuple(shape), dtype, device, noise, capacity)
         self.noise = noise
+        self.out = torch.empty(capacity, c, h, w, dtype=dtype, device=device)
+        self.fused = fastnoise.usable(self.out)  # CPU float32: the compiled kernel
         self.n_v, self.n_h = c * (h - 1) * w, c * h * (w - 1)
         self.per_image = self.n_v + self.n_h if noise is Noise.WASSERSTEIN else c * h * w
         self.words_per_image = (self.per_image + 1) // 2
+        self.eps = self.eps_cast = None  # the latest unit-scale draws (torch path), for tests
+        if self.fused:
+            return
         self.words = torch.empty(capacity, self.words_per_image, dtype=torch.int64, device=device)
         self.sign = torch.empty(capacity, self.per_image, dtype=torch.int32, device=device)
-        self.eps_cast = (
-            torch.empty(capacity, self.per_image, dtype=dtype, device=device)
-            if dtype != torch.float32
-            else None
-        )
-        self.out = torch.empty(capacity, c, h, w, dtype=dtype, device=device)
-        self.eps = self.eps_cast  # the latest draws, for tests
+        if dtype != torch.float32:
+            self.eps_cast = torch.empty(capacity, self.per_image, dtype=dtype, device=device)
 
     def bind(self, x: torch.Tensor, sigma: float, generator: torch.Generator) -> _NoiseSampler:
         """Sample around image ``x`` ``(1, C, H, W)`` with noise std ``sigma`` (normalised mass)."""
         self.x, self.generator = x, generator
-        self.stream = RandomWords(generator, x.device)  # one word stream per image
         # the Laplace scale of the mass-space noise m * delta, m * sigma / sqrt(2): one host sync per
         # image (outside the sampling loop), then folded into Delta's additions as ``alpha``
         self.scale = float(x.sum()) * sigma / math.sqrt(2.0)
+        if self.fused:  # one Philox stream per image; copies are numbered from 0
+            self.philox_key, self.drawn = fastnoise.random_key(generator), 0
+            self.scale_t = torch.tensor([self.scale], dtype=torch.float32)
+            self.x_c = x.contiguous()
+        else:
+            self.stream = RandomWords(generator, x.device)  # one word stream per image
         return self
 
     def draw(self, b: int) -> torch.Tensor:
         """``b`` noisy copies ``m * Delta(x / m, delta)`` (or ``x + m * eps``), shape (b, C, H, W)."""
+        if self.fused:
+            out = fastnoise.noisy_copies(
+                self.x_c,
+                self.scale_t,
+                self.out[:b],
+                key=self.philox_key,
+                first_image=self.drawn,
+                flow=self.noise is Noise.WASSERSTEIN,
+            )
+            self.drawn += b
+            return out
         words = self.stream.fill_(self.words[:b])  # all 64 bits
         words32 = words.view(torch.int32)[:, : self.per_image]
         cast = None if self.eps_cast is None else self.eps_cast[:b]
