@@ -91,8 +91,8 @@ def usable(x: torch.Tensor) -> bool:
 
 def random_key(generator: torch.Generator | None = None) -> tuple[int, int]:
     """A Philox key (two 32-bit words) drawn from ``generator``: a new noise stream."""
-    k = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator)
-    return int(k[0]), int(k[1])
+    k0, k1 = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator).tolist()
+    return k0, k1
 
 
 def _lib() -> ctypes.CDLL:

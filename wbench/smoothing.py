@@ -157,9 +157,9 @@ class Smooth:
         _check_alpha(alpha)
         ground = parse_option(Ground, ground, "ground")
         convention = parse_option(Convention, convention, "convention")
-        x = self._prepare(x)  # validated once for both sampling rounds
-        guess = int(np.argmax(self._counts(x, n0, batch_size)))
-        n_a = int(self._counts(x, n, batch_size)[guess])
+        x, mass = self._prepare(x)  # validated once for both sampling rounds
+        guess = int(np.argmax(self._counts(x, mass, n0, batch_size)))
+        n_a = int(self._counts(x, mass, n, batch_size)[guess])
         p_lower = lower_confidence_bound(n_a, n, alpha)
         prediction = apply_convention(guess, p_lower, convention)
         radius = certified_radius(p_lower, self.sigma, self.noise, ground) if prediction != ABSTAIN else 0.0
@@ -187,16 +187,16 @@ class Smooth:
         numpy.ndarray
             int64 counts of shape ``(num_classes,)``.
         """
-        return self._counts(self._prepare(x), num, batch_size)
+        return self._counts(*self._prepare(x), num, batch_size)
 
-    def _counts(self, x: torch.Tensor, num: int, batch_size: int | None) -> np.ndarray:
-        """:meth:`sample_counts` on an image already checked by :meth:`_prepare`."""
+    def _counts(self, x: torch.Tensor, mass: float, num: int, batch_size: int | None) -> np.ndarray:
+        """:meth:`sample_counts` on an image (and its mass) already checked by :meth:`_prepare`."""
         if not isinstance(num, int) or num < 0:
             raise ValueError(f"number of samples must be a non-negative integer, got {num!r}")
         batch_size = self.batch_size if batch_size is None else batch_size
         self._check_batch_size(batch_size)
         counts = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
-        sampler = self._sampler_for(x, min(batch_size, max(num, 1))).bind(x, self.sigma, self.generator)
+        sampler = self._sampler_for(x, min(batch_size, max(num, 1))).bind(x, self.sigma, self.generator, mass)
         with torch.inference_mode():
             remaining = num
             while remaining > 0:
@@ -217,7 +217,8 @@ class Smooth:
             self._sampler = _NoiseSampler(x.shape, x.dtype, x.device, self.noise, capacity)
         return self._sampler
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The image as ``(1, C, H, W)`` on the device, validated, and its total mass (one sync)."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim == 3:
@@ -227,8 +228,12 @@ class Smooth:
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating tensor, got {x.dtype}")
         x = x.to(self.device)
-        check_mass_images(x)  # the only validation (one device sync) per call
-        return x
+        # one device sync: NaN and -inf reach the minimum, NaN and +inf the sum
+        lowest, mass = torch.stack((x.amin(), x.sum())).tolist()
+        if not (math.isfinite(lowest) and math.isfinite(mass) and lowest >= 0 and mass > 0):
+            check_mass_images(x)  # names the problem
+            raise ValueError(f"x has a total mass of {mass} (overflow in {x.dtype})")
+        return x, mass
 
 
 class WassersteinSmoothing(Smooth):
@@ -262,6 +267,7 @@ class _NoiseSampler:
         self.noise = noise
         self.out = torch.empty(capacity, c, h, w, dtype=dtype, device=device)
         self.fused = fastnoise.usable(self.out)  # CPU float32: the compiled kernel
+        self.scale_t = torch.empty(1, dtype=torch.float32)
         self.n_v, self.n_h = c * (h - 1) * w, c * h * (w - 1)
         self.per_image = self.n_v + self.n_h if noise is Noise.WASSERSTEIN else c * h * w
         self.words_per_image = (self.per_image + 1) // 2
@@ -273,15 +279,17 @@ class _NoiseSampler:
         if dtype != torch.float32:
             self.eps_cast = torch.empty(capacity, self.per_image, dtype=dtype, device=device)
 
-    def bind(self, x: torch.Tensor, sigma: float, generator: torch.Generator) -> _NoiseSampler:
-        """Sample around image ``x`` ``(1, C, H, W)`` with noise std ``sigma`` (normalised mass)."""
+    def bind(
+        self, x: torch.Tensor, sigma: float, generator: torch.Generator, mass: float | None = None
+    ) -> _NoiseSampler:
+        """Sample around image ``x`` ``(1, C, H, W)`` (total ``mass``) with noise std ``sigma``."""
         self.x, self.generator = x, generator
-        # the Laplace scale of the mass-space noise m * delta, m * sigma / sqrt(2): one host sync per
-        # image (outside the sampling loop), then folded into Delta's additions as ``alpha``
-        self.scale = float(x.sum()) * sigma / math.sqrt(2.0)
+        # the Laplace scale of the mass-space noise m * delta, m * sigma / sqrt(2), folded into
+        # Delta's additions (a host number: no sync in the sampling loop)
+        self.scale = (float(x.sum()) if mass is None else mass) * sigma / math.sqrt(2.0)
         if self.fused:  # one Philox stream per image; copies are numbered from 0
             self.philox_key, self.drawn = fastnoise.random_key(generator), 0
-            self.scale_t = torch.tensor([self.scale], dtype=torch.float32)
+            self.scale_t.fill_(self.scale)
             self.x_c = x.contiguous()
         else:
             self.stream = RandomWords(generator, x.device)  # one word stream per image
