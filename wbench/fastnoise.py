@@ -67,7 +67,8 @@ def _torch_gomp_parallel() -> int | None:
             paths = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
     except OSError:
         return None
-    for path in sorted(paths):
+    torch_lib = os.path.dirname(torch.__file__)
+    for path in sorted(paths, key=lambda p: not p.startswith(torch_lib)):  # torch's own runtime first
         try:  # dlopen of a loaded library returns that same instance
             return ctypes.cast(ctypes.CDLL(path).GOMP_parallel, ctypes.c_void_p).value
         except (OSError, AttributeError):
