@@ -230,11 +230,39 @@ def certify_dataset(
     return write_summary(out_dir, settings, radii=radii, indices=indices, extra={"source": source or {}})
 
 
-def summarize_rows(rows: Sequence[dict[str, str]], settings: CertifySettings, radii: Sequence[float]) -> dict:
-    """Certified accuracy on ``radii``, mean certified radius, clean accuracy, abstentions, throughput."""
+def read_certify_rows(
+    out_dir: str | os.PathLike, indices: Iterable[int] | None = None
+) -> list[dict[str, str]]:
+    """The rows of ``out_dir/certify.csv``, restricted to the images in ``indices`` when given."""
+    rows = read_csv_rows(Path(out_dir) / CSV_FILE)
+    if indices is None:
+        return rows
+    wanted = {int(i) for i in indices}
+    return [r for r in rows if int(r["index"]) in wanted]
+
+
+def row_arrays(rows: Sequence[dict[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(prediction, correct, radius)`` of certify rows as int64, bool and float64 arrays."""
     pred = np.array([int(r["prediction"]) for r in rows], dtype=np.int64)
     correct = np.array([int(r["correct"]) for r in rows], dtype=bool)
     radius = np.array([float(r["radius"]) for r in rows], dtype=np.float64)
+    return pred, correct, radius
+
+
+def fine_radius_grid(*radii: np.ndarray | Sequence[float]) -> np.ndarray:
+    """300 radii from 0 to 1.05 x the largest finite value in ``radii``, for certified-accuracy plots.
+
+    A step plot of a coarse summary grid would hold each value up to the next grid point and
+    overstate the accuracy in between; curves on this grid follow the per-image radii.
+    """
+    finite = [float(np.max(r[np.isfinite(r)])) for r in map(np.asarray, radii) if np.isfinite(r).any()]
+    r_top = max(finite, default=0.0)
+    return np.linspace(0.0, 1.05 * r_top if r_top > 0 else 1.0, 300)
+
+
+def summarize_rows(rows: Sequence[dict[str, str]], settings: CertifySettings, radii: Sequence[float]) -> dict:
+    """Certified accuracy on ``radii``, mean certified radius, clean accuracy, abstentions, throughput."""
+    pred, correct, radius = row_arrays(rows)
     seconds = float(sum(float(r["seconds"]) for r in rows))
     acc = certified_accuracy(radius, correct, pred, radii)
     certified = correct & (pred != ABSTAIN)
@@ -267,10 +295,7 @@ def write_summary(
     from wbench.plots import plot_certified_accuracy
 
     out_dir = Path(out_dir)
-    rows = read_csv_rows(out_dir / CSV_FILE)
-    if indices is not None:
-        wanted = {int(i) for i in indices}
-        rows = [r for r in rows if int(r["index"]) in wanted]
+    rows = read_certify_rows(out_dir, indices)
     radii = default_radius_grid(settings) if radii is None else np.asarray(radii, dtype=np.float64)
     summary = summarize_rows(rows, settings, radii)
     summary.update(
@@ -284,14 +309,8 @@ def write_summary(
     )
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     label = f"{settings.noise} sigma={settings.sigma:g}"
-    # the curve on a fine grid from the per-image radii: a step plot of the coarse summary grid
-    # would hold each value up to the next grid point and overstate the accuracy in between
-    radius = np.array([float(r["radius"]) for r in rows], dtype=np.float64)
-    finite = radius[np.isfinite(radius)]
-    r_top = max(float(finite.max()) if finite.size else 0.0, float(np.max(radii)) if len(radii) else 0.0)
-    grid = np.linspace(0.0, 1.05 * r_top if r_top > 0 else 1.0, 300)
-    pred = [int(r["prediction"]) for r in rows]
-    correct = [int(r["correct"]) for r in rows]
+    pred, correct, radius = row_arrays(rows)
+    grid = fine_radius_grid(radius, radii)
     plot_certified_accuracy(
         {label: (grid, certified_accuracy(radius, correct, pred, grid))},
         out_dir / PLOT_FILE,

@@ -29,15 +29,17 @@ import numpy as np
 
 from wbench.certification import certified_accuracy
 from wbench.certify_run import (
-    CSV_FILE,
     CertifySettings,
     certify_dataset,
     file_sha256,
+    fine_radius_grid,
     max_radius,
     parse_indices,
+    read_certify_rows,
+    row_arrays,
 )
 from wbench.options import Noise, parse_option
-from wbench.runio import atomic_write_json, atomic_write_text, environment_record, read_csv_rows
+from wbench.runio import atomic_write_json, atomic_write_text, environment_record
 
 PAPER_SIGMAS: dict[str, tuple[float, ...]] = {
     "mnist": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
@@ -284,24 +286,11 @@ def plot_runs(
     """
     from wbench.plots import plot_certified_accuracy
 
-    wanted = None if indices is None else {int(i) for i in indices}
-
-    curves, styles = {}, {}
-    r_max = 0.0
-    rows_by_run = []
-    for run in runs:
-        rows = read_csv_rows(Path(run["certify_dir"]) / CSV_FILE)
-        if wanted is not None:
-            rows = [r for r in rows if int(r["index"]) in wanted]
-        radius = np.array([float(r["radius"]) for r in rows])
-        finite = radius[np.isfinite(radius)]
-        r_max = max(r_max, float(finite.max()) if finite.size else 0.0)
-        rows_by_run.append((run, rows, radius))
-    grid = np.linspace(0.0, 1.05 * r_max if r_max > 0 else 1.0, 300)
+    arrays = [row_arrays(read_certify_rows(run["certify_dir"], indices)) for run in runs]
+    grid = fine_radius_grid(*(radius for _pred, _correct, radius in arrays))
     sigma_index = {s: i for i, s in enumerate(dict.fromkeys(run["sigma"] for run in runs))}
-    for run, rows, radius in rows_by_run:
-        correct = [int(r["correct"]) for r in rows]
-        pred = [int(r["prediction"]) for r in rows]
+    curves, styles = {}, {}
+    for run, (pred, correct, radius) in zip(runs, arrays, strict=True):
         label = f"{NOISE_LABEL[run['noise']]}, sigma={run['sigma']:g}"
         curves[label] = (grid, certified_accuracy(radius, correct, pred, grid))
         styles[label] = {
