@@ -30,9 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from wbench import distributed as dist
 from wbench.certification import ABSTAIN, certified_accuracy, certified_radius
 from wbench.options import Convention, Ground, Noise, parse_option
-from wbench.runio import CsvAppender, atomic_write_json, environment_record, locked_output, read_csv_rows
+from wbench.runio import CsvAppender, atomic_write_json, environment_record, read_csv_rows
+from wbench.sharding import ImageShards, RunProgress
 
 CSV_FIELDS = ("index", "label", "prediction", "p_lower", "radius", "correct", "seconds")
 RUN_FILE, CSV_FILE, SUMMARY_FILE, PLOT_FILE = (
@@ -189,7 +191,9 @@ def certify_dataset(
         If another run holds ``out_dir`` (:func:`wbench.runio.locked_output`), or it holds
         rows of other settings.
     """
-    with locked_output(out_dir):
+    indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
+    dist.agree("certification settings", _launch_record(settings, source, out_dir, indices))
+    with dist.output_lock(out_dir):
         return _certify_in_locked_folder(
             model, dataset, indices, settings, out_dir, num_classes=num_classes, device=device,
             source=source, radii=radii, progress=progress,
@@ -209,27 +213,23 @@ def _certify_in_locked_folder(
     radii: Sequence[float] | None,
     progress: bool,
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
 
     out_dir = Path(out_dir)
     record = _as_jsonable({"settings": settings.identity(), "source": source or {}})
-    _check_or_write_run(out_dir, record)
+    dist.on_main(_check_or_write_run, out_dir, record)
 
     cls = WassersteinSmoothing if settings.noise == Noise.WASSERSTEIN else LaplaceSmoothing
     smoothed = cls(
         model, num_classes, settings.sigma, batch_size=settings.batch_size, device=device, generator=0
     )
-    csv_path = out_dir / CSV_FILE
-    indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
-    done = {int(r["index"]) for r in read_csv_rows(csv_path)}
-    todo = [i for i in indices if i not in done]
+    shards = ImageShards(out_dir / CSV_FILE, CSV_FIELDS)
+    mine, left = shards.split(indices)
     per_image = settings.n0 + settings.n
-    with CsvAppender(csv_path, CSV_FIELDS) as appender:
-        bar = tqdm(todo, desc=f"certify {settings.noise} sigma={settings.sigma:g}", disable=not progress)
-        samples, busy = 0, 0.0
-        for i in bar:
+    with CsvAppender(shards.path, CSV_FIELDS) as appender:
+        run = RunProgress(left, per_image, desc=f"certify {settings.noise} sigma={settings.sigma:g}",
+                          enabled=progress)  # fmt: skip
+        for i in mine:
             x, y = dataset[i]
             smoothed.generator.manual_seed(image_seed(settings.seed, i))
             t0 = time.perf_counter()
@@ -249,10 +249,24 @@ def _certify_in_locked_folder(
                     "seconds": f"{dt:.4f}",
                 }
             )
-            samples, busy = samples + per_image, busy + dt
-            bar.set_postfix(samples_per_s=f"{samples / max(busy, 1e-9):.0f}")
-        bar.close()
-    return write_summary(out_dir, settings, radii=radii, indices=indices, extra={"source": source or {}})
+            run.step()
+        launch = run.close()
+    shards.merge()
+    extra = {"source": source or {}, "launch": launch}
+    return dist.on_main(write_summary, out_dir, settings, radii=radii, indices=indices, extra=extra)
+
+
+def _launch_record(
+    settings: CertifySettings, source: dict[str, Any] | None, out_dir: str | os.PathLike, indices: list[int]
+) -> dict[str, Any]:
+    """What every rank of a launch must agree on: settings, provenance, folder and images."""
+    digest = hashlib.sha256(json.dumps(indices).encode()).hexdigest()[:16]
+    return {
+        "settings": asdict(settings),
+        "source": source or {},
+        "out": str(out_dir),
+        "indices": f"{len(indices)} images, sha256 {digest}",
+    }
 
 
 def read_certify_rows(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,11 +43,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    import torch.distributed
+
+    from wbench import distributed
+
     try:
-        return int(args.func(args) or 0)
+        if distributed.launched() and not getattr(args, "distributed", False):
+            raise ValueError("this command runs in one process; start it without torchrun")
+        with distributed.process_group():
+            return int(args.func(args) or 0)
     except ValueError as exc:
         print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except torch.distributed.DistError as exc:  # another rank stopped, or the launch timed out
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        rank = os.environ.get("RANK", "?")
+        print(f"wbench {args.command}: error: rank {rank} lost the other ranks: {reason}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
