@@ -72,6 +72,7 @@ def test_every_suite_module_is_collected():
         "benchmark_certification",
         "benchmark_flow",
         "benchmark_gradnorm",
+        "benchmark_scaleout",
         "benchmark_training",
         "benchmark_transport",
     ]

@@ -193,11 +193,14 @@ def test_killed_rank_resumes_without_loss_or_duplicates(checkpoint, tmp_path):
     assert json.loads((out / "summary.json").read_text())["launch"]["images"] >= 1
 
     rows = read_csv_rows(out / "certify.csv")
-    assert [int(r["index"]) for r in rows] == list(range(8))  # complete, each image once, sorted
+    indices = [int(r["index"]) for r in rows]
+    assert len(indices) == 8 and sorted(indices) == list(range(8))  # complete, each image once
+    assert indices[:5] == sorted(indices[:5])  # merged by index; the plain process then appended
     by_index = {r["index"]: r for r in rows}
     assert all(by_index[i] == row for i, row in kept.items())  # finished rows kept, not redone
     assert main(["certify", checkpoint, "--out", str(ref), "--indices", "0:8", *SLOW_CERTIFY]) == 0
-    assert results(rows) == results(read_csv_rows(ref / "certify.csv"))
+    ref_rows = {r["index"]: r for r in read_csv_rows(ref / "certify.csv")}
+    assert results(rows) == results(ref_rows[r["index"]] for r in rows)
 
 
 def test_two_process_training_checkpoints_and_resumes(tmp_path):
@@ -230,6 +233,37 @@ def test_two_process_training_checkpoints_and_resumes(tmp_path):
     done = torchrun([*args, "--epochs", "2", "--resume"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())["metrics"]] == [1, 2]
+
+
+def test_a_rank_that_dies_ends_the_others_with_one_line(checkpoint, tmp_path):
+    """Without torchrun's agent to stop the survivors (ranks started by hand with the env:// variables),
+    rank 0 notices the lost peer in its next collective and exits with one line, not a traceback."""
+    out, port = tmp_path / "run", _free_port()
+    args = ["certify", checkpoint, "--out", str(out), "--indices", "0:8", *SLOW_CERTIFY]
+    ranks = []
+    for r in (0, 1):
+        env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+               "RANK": str(r), "LOCAL_RANK": str(r)}  # fmt: skip
+        cmd = [sys.executable, "-m", "wbench", *args]
+        ranks.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        shard1 = out / "shards" / "certify.rank1.csv"
+        while not read_csv_rows(shard1) and ranks[1].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ranks[1].poll() is None, "rank 1 finished before it could be killed"
+        ranks[1].kill()
+        _out, err = ranks[0].communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    assert ranks[0].returncode == 1
+    assert err.strip().splitlines()[-1].startswith("wbench certify: error: rank 0 lost the other ranks:")
+    assert "Traceback" not in err
 
 
 def _error_lines(text: str, needle: str) -> list[str]:

@@ -41,6 +41,19 @@ RANKS_FILE = ".wbench.ranks"
 """Written by rank 0 into a locked output folder; every other rank must read it back."""
 
 
+class RanksLostError(RuntimeError):
+    """A collective failed: another rank stopped (crashed, killed) or the timeout passed."""
+
+
+@contextlib.contextmanager
+def _collective() -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as exc:  # gloo reports a dead peer as a plain RuntimeError
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RanksLostError(f"rank {rank()} lost the other ranks: {reason}") from exc
+
+
 def launched() -> bool:
     """True when the process was started by torchrun (``WORLD_SIZE`` is set)."""
     return "WORLD_SIZE" in os.environ
@@ -152,7 +165,8 @@ def all_gather(value: Any) -> list[Any]:
     if not active():
         return [value]
     out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, value)
+    with _collective():
+        dist.all_gather_object(out, value)
     return out
 
 
@@ -161,14 +175,16 @@ def broadcast(value: Any) -> Any:
     if not active():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    with _collective():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
 def barrier() -> None:
     """Wait for every rank (within the process group's timeout)."""
     if active():
-        dist.barrier()
+        with _collective():
+            dist.barrier()
 
 
 def all_sum(values: list[float]) -> list[float]:
@@ -176,7 +192,8 @@ def all_sum(values: list[float]) -> list[float]:
     if not active():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
+    with _collective():
+        dist.all_reduce(t)
     return t.tolist()
 
 

@@ -55,7 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except torch.distributed.DistError as exc:  # another rank stopped, or the launch timed out
+    except distributed.RanksLostError as exc:
+        print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except torch.distributed.DistError as exc:  # raised inside torch (DDP, rendezvous): same cause
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         rank = os.environ.get("RANK", "?")
         print(f"wbench {args.command}: error: rank {rank} lost the other ranks: {reason}", file=sys.stderr)
