@@ -159,7 +159,21 @@ def check_equal_mass(x: np.ndarray, y: np.ndarray, *, channel_axis: int | None) 
         raise ValueError(f"unequal mass{where}: {mx[i]:.12g} vs {my[i]:.12g}; W1 needs equal total mass")
 
 
+def is_real_number(value: object) -> bool:
+    """Whether ``value`` is a real Python or numpy scalar (int, float; never bool, complex or str)."""
+    return isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
+
+
+def plain(value: object) -> str:
+    """``value`` for an error message: numpy scalars as plain numbers (``1.5``, not ``np.float64(1.5)``)."""
+    if isinstance(value, np.floating):
+        return repr(float(value))
+    if isinstance(value, np.integer):
+        return repr(int(value))
+    return repr(value)
+
+
 def check_positive(name: str, value: float) -> None:
-    """Raise unless ``value`` is a finite number > 0."""
-    if not (isinstance(value, int | float | np.floating | np.integer) and np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    """Raise unless ``value`` is a finite real number > 0 (a bool, string or tensor is not one)."""
+    if not (is_real_number(value) and np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {plain(value)}")
