@@ -140,3 +140,37 @@ def test_p_lower_errors_print_plain_floats():
     with pytest.raises(ValueError, match=r"from -0\.25 to 0\.5") as info:
         certified_radius(np.array([-0.25, 0.5]), 0.1)
     assert "np." not in str(info.value)
+
+
+def _authors_radius(p, stdev, noise):
+    """wass_smooth_utils.wass_smooth_certify / laplace_smooth_certify of alevine0/wasserstein_smoothing."""
+    r = max((math.log(p) - math.log(1.0 - p)) * stdev / (2**1.5), 0.0)
+    return r / (2**0.5) if noise == "wasserstein" else r / 2.0
+
+
+def test_authors_convention_implies_their_l2_ground_radius():
+    """Issue 9, item 17: the authors' released code reports the L2-ground radius (divides by sqrt 2)."""
+    from wbench.certification import resolve_ground
+    from wbench.certify_run import CertifySettings
+    from wbench.options import Ground
+
+    assert resolve_ground(None, "authors") is Ground.L2
+    assert resolve_ground(None, "cohen") is Ground.L1
+    assert resolve_ground("l1", "authors") is Ground.L1
+    assert CertifySettings(sigma=0.1, convention="authors").ground == "l2"
+    assert CertifySettings(sigma=0.1, convention="authors", ground="l1").ground == "l1"
+    assert CertifySettings(sigma=0.1).ground == "l1"
+    for noise in ("wasserstein", "laplace"):
+        s = CertifySettings(sigma=0.02, noise=noise, convention="authors")
+        for p in (0.6, 0.9, 0.999):
+            assert certified_radius(p, s.sigma, s.noise, s.ground) == pytest.approx(
+                _authors_radius(p, s.sigma, noise), rel=1e-13
+            )
+
+
+def test_reproduce_config_resolves_the_implied_ground():
+    from wbench.reproduce import ReproduceConfig
+
+    assert ReproduceConfig(convention="authors").resolved().ground == "l2"
+    assert ReproduceConfig().resolved().ground == "l1"
+    assert ReproduceConfig(convention="authors", ground="l1").resolved().ground == "l1"

@@ -19,12 +19,17 @@ strictly weaker, so the direct Corollary 1 bound is used. The plain pixel-L1 cer
 is :func:`pixel_l1_radius`.
 
 Two conventions decide what happens when the lower bound ``p_A`` is small
-(:func:`apply_convention`):
+(:func:`apply_convention`) and which ground metric a radius is reported in when none is
+given (:func:`resolve_ground`):
 
-* ``"cohen"`` (default, Cohen et al. 2019): abstain when ``p_A < 1/2``;
+* ``"cohen"`` (default, Cohen et al. 2019): abstain when ``p_A < 1/2``; L1 ground
+  (Theorem 1's radius);
 * ``"authors"`` (Levine & Feizi's released code): never abstain; a guess with
   ``p_A <= 1/2`` is certified at radius 0, so if it is correct it counts towards the
-  certified accuracy at radius 0.
+  certified accuracy at radius 0. Radii are in the L2 ground metric (Wong et al.'s threat
+  model), as that code reports them: ``wass_smooth_certify`` in its ``wass_smooth_utils.py``
+  divides the L1-ground radius by ``sqrt 2`` (Corollary 3), and ``laplace_smooth_certify``
+  halves ``rho_L1`` (Corollary 1, the same for both grounds). An explicit ``ground`` wins.
 """
 
 from __future__ import annotations
@@ -77,6 +82,19 @@ def _as_probabilities(p_lower) -> np.ndarray:
             f"p_lower must lie in [0, 1]; got values from {float(p.min())!r} to {float(p.max())!r}"
         )
     return p
+
+
+def resolve_ground(ground: Ground | str | None, convention: Convention | str = Convention.COHEN) -> Ground:
+    """The ground metric of reported radii: ``ground`` when given, else the convention's.
+
+    ``"cohen"`` implies L1 (Theorem 1); ``"authors"`` implies L2, the radius that Levine &
+    Feizi's released code reports (the L1-ground radius divided by ``sqrt 2``, Corollary 3;
+    see the module docstring).
+    """
+    convention = parse_option(Convention, convention, "convention")
+    if ground is not None:
+        return parse_option(Ground, ground, "ground")
+    return Ground.L2 if convention is Convention.AUTHORS else Ground.L1
 
 
 def _log_odds_radius(p: np.ndarray, sigma: float) -> np.ndarray:
