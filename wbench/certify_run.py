@@ -32,7 +32,7 @@ from torch import nn
 
 from wbench.certification import ABSTAIN, certified_accuracy, certified_radius, resolve_ground
 from wbench.options import Convention, Noise, parse_option
-from wbench.runio import CsvAppender, atomic_write_json, environment_record, read_csv_rows
+from wbench.runio import CsvAppender, atomic_write_json, environment_record, locked_output, read_csv_rows
 
 CSV_FIELDS = ("index", "label", "prediction", "p_lower", "radius", "correct", "seconds")
 RUN_FILE, CSV_FILE, SUMMARY_FILE, PLOT_FILE = (
@@ -186,13 +186,38 @@ def certify_dataset(
         Provenance that must match on resume (checkpoint hash, data set name and split).
     radii : sequence of float, optional
         Radius grid of the summary (default :func:`default_radius_grid`).
+
+    Raises
+    ------
+    ValueError
+        If another run holds ``out_dir`` (:func:`wbench.runio.locked_output`), or it holds
+        rows of other settings.
     """
+    with locked_output(out_dir):
+        return _certify_in_locked_folder(
+            model, dataset, indices, settings, out_dir, num_classes=num_classes, device=device,
+            source=source, radii=radii, progress=progress,
+        )  # fmt: skip
+
+
+def _certify_in_locked_folder(
+    model: nn.Module,
+    dataset: Sequence[tuple[torch.Tensor, int]],
+    indices: Iterable[int],
+    settings: CertifySettings,
+    out_dir: str | os.PathLike,
+    *,
+    num_classes: int,
+    device: str | torch.device | None,
+    source: dict[str, Any] | None,
+    radii: Sequence[float] | None,
+    progress: bool,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     record = _as_jsonable({"settings": settings.identity(), "source": source or {}})
     _check_or_write_run(out_dir, record)
 

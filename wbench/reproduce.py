@@ -39,7 +39,7 @@ from wbench.certify_run import (
     row_arrays,
 )
 from wbench.options import Noise, parse_option
-from wbench.runio import atomic_write_json, atomic_write_text, environment_record
+from wbench.runio import atomic_write_json, atomic_write_text, environment_record, locked_output
 
 PAPER_SIGMAS: dict[str, tuple[float, ...]] = {
     "mnist": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
@@ -178,14 +178,24 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
     dict
         ``config``, ``radii``, ``runs`` (one summary per (noise, sigma)), ``table`` (Markdown),
         ``files`` (paths written) and ``environment``.
+
+    Raises
+    ------
+    ValueError
+        If another run holds ``config.out_dir`` (:func:`wbench.runio.locked_output`) or one of
+        the folders inside it, or the configuration is invalid.
     """
+    config = config.resolved()
+    with locked_output(config.out_dir):
+        return _reproduce_in_locked_folder(config, progress=progress)
+
+
+def _reproduce_in_locked_folder(config: ReproduceConfig, *, progress: bool) -> dict[str, Any]:
     from wbench.data import dataset_info, load_dataset
     from wbench.devices import resolve_device
     from wbench.models import load_model
 
-    config = config.resolved()
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     test_set = load_dataset(config.dataset, "test", root=config.data_root)
     indices = parse_indices(None, len(test_set), max_count=config.max_images, skip=config.skip)
