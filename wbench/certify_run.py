@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from wbench import distributed as dist
-from wbench.certification import ABSTAIN, certified_accuracy, certified_radius
-from wbench.options import Convention, Ground, Noise, parse_option
+from wbench.certification import ABSTAIN, certified_accuracy, certified_radius, resolve_ground
+from wbench.options import Convention, Noise, parse_option
 from wbench.runio import CsvAppender, atomic_write_json, environment_record, read_csv_rows
 from wbench.sharding import ImageShards, RunProgress
 
@@ -47,22 +47,26 @@ RUN_FILE, CSV_FILE, SUMMARY_FILE, PLOT_FILE = (
 
 @dataclass(frozen=True)
 class CertifySettings:
-    """Everything that determines a certificate (``batch_size`` and the device do not, on the CPU)."""
+    """Everything that determines a certificate (``batch_size`` and the device do not, on the CPU).
+
+    ``ground=None`` takes the convention's ground metric (:func:`wbench.certification.resolve_ground`):
+    L1 for ``"cohen"``, L2 for ``"authors"``, whose released code reports L2-ground radii.
+    """
 
     sigma: float
     noise: str = "wasserstein"
     n0: int = 1000
     n: int = 10000
     alpha: float = 0.05
-    ground: str = "l1"
+    ground: str | None = None
     convention: str = "cohen"
     seed: int = 0
     batch_size: int = 1000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise", parse_option(Noise, self.noise, "noise").value)
-        object.__setattr__(self, "ground", parse_option(Ground, self.ground, "ground").value)
         object.__setattr__(self, "convention", parse_option(Convention, self.convention, "convention").value)
+        object.__setattr__(self, "ground", resolve_ground(self.ground, self.convention).value)
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive finite number, got {self.sigma!r}")
         for name in ("n0", "n", "batch_size"):

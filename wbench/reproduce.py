@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from wbench import distributed as dist
-from wbench.certification import certified_accuracy
+from wbench.certification import certified_accuracy, resolve_ground
 from wbench.certify_run import (
     CertifySettings,
     certify_dataset,
@@ -61,6 +61,9 @@ NOISE_LABEL = {"wasserstein": "Wasserstein", "laplace": "Laplace baseline"}
 class ReproduceConfig:
     """One reproduction run; ``None`` fields take the data set's defaults (see the module docstring).
 
+    ``ground=None`` takes the convention's: L1 for ``"cohen"``, L2 for ``"authors"``
+    (:func:`wbench.certification.resolve_ground`).
+
     ``checkpoints`` maps ``"noise:sigma"`` (e.g. ``"wasserstein:0.01"``) to an existing checkpoint,
     which is certified instead of training one.
     """
@@ -75,7 +78,7 @@ class ReproduceConfig:
     alpha: float = 0.05
     max_images: int | None = None
     skip: int = 1
-    ground: str = "l1"
+    ground: str | None = None
     convention: str = "cohen"
     seed: int = 0
     device: str = "auto"
@@ -95,7 +98,8 @@ class ReproduceConfig:
         sigmas = tuple(float(s) for s in (self.sigmas or PAPER_SIGMAS[self.dataset]))
         if not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas):
             raise ValueError(f"sigmas must be positive finite numbers, got {sigmas}")
-        out = ReproduceConfig(**{**asdict(self), "sigmas": sigmas, "noises": noises})
+        ground = resolve_ground(self.ground, self.convention).value
+        out = ReproduceConfig(**{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground})
         out.epochs = self.epochs if self.epochs is not None else d["epochs"]
         out.n0 = self.n0 if self.n0 is not None else d["n0"]
         out.n = self.n if self.n is not None else d["n"]
