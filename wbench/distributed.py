@@ -140,17 +140,22 @@ def process_group() -> Iterator[None]:
 def local_device(spec: str | torch.device | None = "auto") -> torch.device:
     """The device of this rank: ``auto``/``cuda`` become ``cuda:LOCAL_RANK`` under torchrun.
 
-    Without a process group this is :func:`wbench.devices.resolve_device`. An explicit index
-    (``cuda:1``) is kept as given.
+    Without a process group this is :func:`wbench.devices.resolve_device`.
 
     Raises
     ------
     ValueError
-        If CUDA is asked for and this machine has fewer GPUs than processes.
+        Under torchrun, if a CUDA index is given (every process would share it) or this machine
+        has fewer GPUs than processes.
     """
     device = resolve_device(spec)
-    if not active() or device.type != "cuda" or device.index is not None:
+    if not active() or device.type != "cuda":
         return device
+    if device.index is not None:
+        raise ValueError(
+            f"--device {spec} under torchrun would put every process on one GPU; pass --device cuda "
+            "(or auto): each process takes cuda:LOCAL_RANK"
+        )
     count = torch.cuda.device_count()
     if local_rank() >= count:
         raise ValueError(
