@@ -32,6 +32,8 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 class _LaunchFixture:
+    tmp: Path | None = None  # asv calls teardown after a setup that skipped
+
     def _build(self, processes: int, device: str) -> None:
         from wbench.models import build_model
         from wbench.runio import atomic_torch_save
@@ -55,7 +57,8 @@ class _LaunchFixture:
         self.runs = 0
 
     def teardown(self, *_params) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _samples_per_s(self, processes: int) -> float:
         """Launch one certification in a fresh folder; its recorded noise samples/s over all ranks."""
