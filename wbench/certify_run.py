@@ -6,12 +6,13 @@ Layout of an output folder::
     certify.csv                one row per image, appended and fsynced as it finishes
     summary.json               certified accuracy on a radius grid, mean radius, throughput, versions
     certified_accuracy.png     certified accuracy vs radius
+    shards/certify.rank<R>.csv rows of rank R under torchrun, until rank 0 merges them (wbench.sharding)
 
-Rerunning with the same settings skips the images already in ``certify.csv`` (a torn last
-line from a crash is dropped and that image redone). Rerunning with different settings
-raises ``ValueError`` instead of mixing two runs. Each image's noise comes from its own
-seed (the run seed and the image index), so results do not depend on which images ran
-before, on the sub-batch size (CPU) or on resuming.
+Rerunning with the same settings skips the images already in ``certify.csv`` or in a shard
+(a torn last line from a crash is dropped and that image redone). Rerunning with different
+settings raises ``ValueError`` instead of mixing two runs. Each image's noise comes from its
+own seed (the run seed and the image index), so results do not depend on which images ran
+before, on the sub-batch size (CPU), on resuming or on how many processes share the images.
 """
 
 from __future__ import annotations
