@@ -266,6 +266,19 @@ def test_a_rank_that_dies_ends_the_others_with_one_line(checkpoint, tmp_path):
     assert "Traceback" not in err
 
 
+def test_a_rank_whose_peers_never_come_times_out_with_one_line(checkpoint, tmp_path):
+    env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+           "RANK": "0", "LOCAL_RANK": "0", distributed.TIMEOUT_ENV: "3"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "wbench", "certify", checkpoint, "--out", str(tmp_path / "run"), *CERTIFY],
+        env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rank 0 could not join the other ranks" in lines[0], done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def _error_lines(text: str, needle: str) -> list[str]:
     return [
         line for line in text.splitlines() if line.startswith("wbench certify: error:") and needle in line

@@ -130,7 +130,11 @@ def process_group() -> Iterator[None]:
         backend = "cpu:gloo,cuda:nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend, timeout=wait)
+    try:
+        dist.init_process_group(backend, timeout=wait)
+    except RuntimeError as exc:  # the rendezvous failed or timed out
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RanksLostError(f"rank {os.environ['RANK']} could not join the other ranks: {reason}") from exc
     try:
         yield
     finally:
