@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
-from wbench.options import Noise, parse_option
-
-PENALTIES = ("none", "euclidean", "wasserstein")
-NOISES = ("none", *(n.value for n in Noise))
+from wbench.options import TrainingNoise, TrainingPenalty, parse_option
 
 PRESETS: dict[str, dict[str, Any]] = {
     "levine_mnist": {
@@ -104,11 +102,13 @@ class TrainConfig:
         Where MNIST/CIFAR-10 live; let torchvision download them (only when asked).
     epochs, batch_size, lr, momentum, weight_decay, milestones, gamma
         SGD with momentum and a ``MultiStepLR`` schedule (lr times ``gamma`` at each milestone epoch).
-    noise : {"none", "wasserstein", "laplace"}
+    noise : TrainingNoise
+        ``"none"``, ``"wasserstein"`` or ``"laplace"`` (a string is parsed on construction).
         Train on noised images (Levine & Feizi, Appendix B) with std ``sigma`` in normalised mass.
     shared_noise : bool
         One draw per batch (the paper's shortcut) instead of one per image.
-    penalty : {"none", "euclidean", "wasserstein"}
+    penalty : TrainingPenalty
+        ``"none"``, ``"euclidean"`` or ``"wasserstein"`` (a string is parsed on construction).
         Gradient-norm penalty ``eta**2 * ||grad_x loss||^2`` (Lin et al., Appendix D), Wasserstein
         norm on the graph of pixel pairs within ``radius`` (Eq. 7).
     seed : int
@@ -138,10 +138,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     milestones: tuple[int, ...] = field(default_factory=tuple)
     gamma: float = 0.1
-    noise: str = "none"
+    noise: TrainingNoise = TrainingNoise.NONE
     sigma: float | None = None
     shared_noise: bool = False
-    penalty: str = "none"
+    penalty: TrainingPenalty = TrainingPenalty.NONE
     eta: float | None = None
     radius: float = 2.0
     seed: int = 0
@@ -195,42 +195,36 @@ class TrainConfig:
             _check_int("milestone", m, minimum=1)
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ValueError(f"milestones must be strictly increasing; got {list(self.milestones)}")
-        if self.noise != "none":
-            self.noise = parse_option(Noise, self.noise, "noise").value
-        if self.noise not in NOISES:
-            raise ValueError(f"unknown noise {self.noise!r}; expected one of {', '.join(map(repr, NOISES))}")
-        if self.noise == "none":
+        self.noise = parse_option(TrainingNoise, self.noise, "noise")
+        if self.noise is TrainingNoise.NONE:
             if self.sigma is not None:
                 raise ValueError("sigma is set but noise is 'none'; choose noise 'wasserstein' or 'laplace'")
         else:
             if self.sigma is None:
                 raise ValueError(
-                    f"noise {self.noise!r} needs sigma (std in normalised mass; Levine & Feizi use "
+                    f"noise {self.noise.value!r} needs sigma (std in normalised mass; Levine & Feizi use "
                     "0.005-0.5 on MNIST and 5e-5-1e-3 on CIFAR-10)"
                 )
             _check_float("sigma", self.sigma, positive=True)
         _check_bool("shared_noise", self.shared_noise)
-        if self.shared_noise and self.noise == "none":
+        if self.shared_noise and self.noise is TrainingNoise.NONE:
             raise ValueError("shared_noise needs noise 'wasserstein' or 'laplace'")
-        if self.penalty not in PENALTIES:
-            raise ValueError(
-                f"unknown penalty {self.penalty!r}; expected one of {', '.join(map(repr, PENALTIES))}"
-            )
-        if self.penalty == "none":
+        self.penalty = parse_option(TrainingPenalty, self.penalty, "penalty")
+        if self.penalty is TrainingPenalty.NONE:
             if self.eta is not None:
                 raise ValueError(
                     "eta is set but penalty is 'none'; choose penalty 'euclidean' or 'wasserstein'"
                 )
         else:
             if self.eta is None:
-                raise ValueError(f"penalty {self.penalty!r} needs eta (the regularisation strength)")
+                raise ValueError(f"penalty {self.penalty.value!r} needs eta (the regularisation strength)")
             _check_float("eta", self.eta, positive=True)
         _check_float("radius", self.radius)
         if self.radius < 1:
             raise ValueError(
                 f"radius must be >= 1 (pixel neighbours within this distance); got {self.radius}"
             )
-        if self.noise != "none" and self.penalty != "none":
+        if self.noise is not TrainingNoise.NONE and self.penalty is not TrainingPenalty.NONE:
             raise ValueError("choose either noise training or a gradient penalty, not both")
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
@@ -244,8 +238,8 @@ class TrainConfig:
                 _check_int(name, getattr(self, name), minimum=1)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (lists, no tuples): JSON- and ``weights_only``-safe."""
-        out = dataclasses.asdict(self)
+        """Plain dict (strings for options, lists, no tuples): JSON- and ``weights_only``-safe."""
+        out = {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(self).items()}
         out["milestones"] = list(self.milestones)
         return out
 
