@@ -27,6 +27,7 @@ after Lecuyer et al.); here each image gets its own draw unless ``shared_noise=T
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -165,7 +166,17 @@ class TrainConfig:
         return self.model if self.model is not None else dataset_info(self.dataset)["default_model"]
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid option."""
+        """Raise ``ValueError`` naming the first invalid option; parse the option strings into enums."""
+        self._check_data_and_model()
+        self._check_loop()
+        self._check_optimiser()
+        self._parse_noise()
+        self._parse_penalty()
+        self._check_one_regulariser()
+        self._check_device_and_output()
+        self._check_data_use()
+
+    def _check_data_and_model(self) -> None:
         from wbench.data import DATASETS
         from wbench.models import MODELS
 
@@ -178,11 +189,15 @@ class TrainConfig:
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ValueError(f"data_root must be a path string; got {self.data_root!r}")
         _check_bool("download", self.download)
+
+    def _check_loop(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("eval_batch_size", self.eval_batch_size, minimum=1)
         _check_int("num_workers", self.num_workers, minimum=0)
         _check_int("seed", self.seed, minimum=0)
+
+    def _check_optimiser(self) -> None:
         _check_float("lr", self.lr, positive=True)
         _check_float("momentum", self.momentum)
         if not 0.0 <= self.momentum < 1.0:
@@ -195,6 +210,8 @@ class TrainConfig:
             _check_int("milestone", m, minimum=1)
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ValueError(f"milestones must be strictly increasing; got {list(self.milestones)}")
+
+    def _parse_noise(self) -> None:
         self.noise = parse_option(TrainingNoise, self.noise, "noise")
         if self.noise is TrainingNoise.NONE:
             if self.sigma is not None:
@@ -209,6 +226,8 @@ class TrainConfig:
         _check_bool("shared_noise", self.shared_noise)
         if self.shared_noise and self.noise is TrainingNoise.NONE:
             raise ValueError("shared_noise needs noise 'wasserstein' or 'laplace'")
+
+    def _parse_penalty(self) -> None:
         self.penalty = parse_option(TrainingPenalty, self.penalty, "penalty")
         if self.penalty is TrainingPenalty.NONE:
             if self.eta is not None:
@@ -224,14 +243,20 @@ class TrainConfig:
             raise ValueError(
                 f"radius must be >= 1 (pixel neighbours within this distance); got {self.radius}"
             )
+
+    def _check_one_regulariser(self) -> None:
         if self.noise is not TrainingNoise.NONE and self.penalty is not TrainingPenalty.NONE:
             raise ValueError("choose either noise training or a gradient penalty, not both")
+
+    def _check_device_and_output(self) -> None:
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         ):
             raise ValueError(f"unknown device {self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ValueError(f"out_dir must be a non-empty path; got {self.out_dir!r}")
+
+    def _check_data_use(self) -> None:
         _check_bool("augment", self.augment)
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
@@ -273,8 +298,6 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 def _check_float(name: str, value: Any, positive: bool = False) -> None:
-    import math
-
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number; got {value!r}")
     if not math.isfinite(value):
