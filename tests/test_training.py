@@ -151,7 +151,8 @@ def _step(noise, shared=False, seed=0, shape=(2, 5, 6)):
         noise=noise,
         sigma=0.05,
         shared_noise=shared,
-        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+        step=0,
         check_input=True,
     )
     return x, model.seen[0], loss, correct

@@ -23,7 +23,7 @@ _EXPORTS = {
     "FlowPlan": "wbench.flow",
     "apply_flow": "wbench.flow",
     "compose_flows": "wbench.flow",
-    "sample_laplace_flow": "wbench.flow",
+    "sample_laplace_flow": "wbench.noise",
     "w1": "wbench.transport",
     "optimal_flow_plan": "wbench.transport",
     "certified_radius": "wbench.certification",

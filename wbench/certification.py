@@ -113,6 +113,16 @@ def certified_radius(
     return r / math.sqrt(2.0) if ground is Ground.L2 else r
 
 
+def check_alpha(alpha: float) -> None:
+    """Raise ``ValueError`` unless ``alpha`` is a significance level in (0, 1/2).
+
+    One range for every procedure: at ``alpha >= 1/2`` the one-sided lower bound of CERTIFY is no
+    longer below the point estimate, and PREDICT's test would not be a test.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
+
+
 def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion.
 
@@ -123,8 +133,7 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not (0 <= n_a <= n):
         raise ValueError(f"count n_a={n_a!r} must lie in [0, n={n}]")
-    if not (0.0 < alpha < 0.5):
-        raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
+    check_alpha(alpha)
     return float(
         binomtest(int(n_a), int(n)).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
     )

@@ -30,7 +30,8 @@ def train_step(
     *,
     noise: str = "none",
     sigma: float | None = None,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    step: int = 0,
     shared_noise: bool = False,
     check_input: bool = False,
     penalty: str = "none",
@@ -46,8 +47,9 @@ def train_step(
     x, y : torch.Tensor
         Images ``(B, C, H, W)`` in pixel/mass space and labels ``(B,)``, on the model's device.
     noise : {"none", "wasserstein", "laplace"}
-        Smoothing noise drawn with ``generator`` (std ``sigma``; one draw per image unless
-        ``shared_noise``). ``check_input`` validates ``x`` (a device sync: first batch only).
+        Smoothing noise of std ``sigma``: row ``r`` of the batch takes copy ``r`` of the stream
+        ``(seed, step)`` (:func:`wbench.noise.perturb`; one draw for the batch if ``shared_noise``).
+        ``check_input`` validates ``x`` (a device sync: first batch only).
     penalty : {"none", "euclidean", "wasserstein"}
         Gradient-norm penalty with strength ``eta`` and graph ``radius``.
 
@@ -58,7 +60,9 @@ def train_step(
         on the images the network saw, as 0-d tensors on the device.
     """
     if noise != "none":
-        x = perturb(x, sigma, noise, generator=generator, shared_across_batch=shared_noise, check=check_input)
+        x = perturb(
+            x, sigma, noise, seed=seed, index=step, shared_across_batch=shared_noise, check=check_input
+        )
     optimizer.zero_grad(set_to_none=True)
     if penalty == "none":
         logits = model(x)
