@@ -31,7 +31,13 @@ from wbench.devices import resolve_device
 from wbench.models import build_model
 from wbench.noise import perturb
 from wbench.noise_stream import Tag
-from wbench.runio import atomic_torch_save, atomic_write_json, environment_record, load_checkpoint
+from wbench.runio import (
+    atomic_torch_save,
+    atomic_write_json,
+    environment_record,
+    load_checkpoint,
+    locked_output,
+)
 from wbench.training.config import TrainConfig
 from wbench.training.step import random_crop_flip, train_step
 
@@ -142,7 +148,7 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, device: torch.de
         raise ValueError(f"cannot resume {path}: the config differs ({details})")
     if ckpt["device_type"] != device.type:
         raise ValueError(
-            f"cannot resume {path}: it was trained on {ckpt['device_type']!r} and its noise generator "
+            f"cannot resume {path}: it was trained on {ckpt['device_type']!r} and its augmentation generator "
             f"state cannot move to {device.type!r}; pass --device {ckpt['device_type']}"
         )
 
@@ -168,10 +174,21 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         ``test_accuracy_noisy`` (one noise draw per test image; ``None`` without noise),
         ``epochs`` (completed), ``seconds`` (training time summed over resumes), ``device``,
         ``model``, ``dataset``.
+
+    Raises
+    ------
+    ValueError
+        If another run holds ``config.out_dir`` (:func:`wbench.runio.locked_output`), the
+        checkpoint exists without ``resume``, or it cannot be resumed with ``config``.
     """
+    config.validate()
+    with locked_output(config.out_dir):
+        return _train_in_locked_folder(config, resume=resume, progress=progress)
+
+
+def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    config.validate()
     device = resolve_device(config.device)
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
