@@ -22,4 +22,3 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device type {dev.type!r}; use 'cpu', 'cuda' or 'auto'")
     return dev
-
