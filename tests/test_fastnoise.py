@@ -30,6 +30,15 @@ def test_no_ctypes_process_maps_or_openmp_symbols_in_the_package():
                     assert needle not in text, f"{needle} in {name}"
 
 
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None or os.environ.get("WBENCH_FASTNOISE") == "0",
+    reason="no C++ compiler, or the operator is disabled on purpose",
+)
+def test_operator_builds_where_a_compiler_exists():
+    # a failed build only warns; this makes it visible where it should have succeeded
+    assert fastnoise.available()
+
+
 @needs_op
 def test_words_match_the_reference_bit_for_bit():
     g = torch.Generator().manual_seed(0)
