@@ -96,6 +96,20 @@ def _raise(message):
     raise ValueError(message)
 
 
+def test_ranks_draw_the_noise_of_one_global_batch():
+    """What DDP training relies on: rank q of W passes first_copy = q * B for its B rows, so the
+    ranks' draws are the rows of one process's draw for the global batch, and never repeat."""
+    from wbench.noise import perturb
+
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.1
+    whole = perturb(x, 0.05, "wasserstein", seed=3, index=7)
+    ranks = [perturb(x[q * 4 : (q + 1) * 4], 0.05, "wasserstein", seed=3, index=7, first_copy=q * 4)
+             for q in range(2)]  # fmt: skip
+    assert torch.equal(torch.cat(ranks), whole)
+    same_copies = perturb(x[4:], 0.05, "wasserstein", seed=3, index=7, first_copy=0)
+    assert not torch.equal(same_copies - x[4:], ranks[1] - x[4:])
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon"])
 def test_bad_timeout_is_a_value_error(monkeypatch, value):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
@@ -213,8 +227,8 @@ def test_two_process_training_checkpoints_and_resumes(tmp_path):
     assert done.stdout.count("checkpoint:") == 1
     model, ckpt = load_model(str(out / "checkpoint.pt"), "cpu")  # weights_only=True
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
-    noise_states = [state["noise"] for state in ckpt["rng"]]
-    assert not torch.equal(noise_states[0], noise_states[1])  # each rank its own noise stream
+    augment = [state["augment"] for state in ckpt["rng"]]
+    assert not torch.equal(augment[0], augment[1])  # each rank its own augmentation stream
 
     from wbench.data import load_dataset
 

@@ -10,9 +10,10 @@ Layout of an output folder::
 
 Rerunning with the same settings skips the images already in ``certify.csv`` or in a shard
 (a torn last line from a crash is dropped and that image redone). Rerunning with different
-settings raises ``ValueError`` instead of mixing two runs. Each image's noise comes from its
-own seed (the run seed and the image index), so results do not depend on which images ran
-before, on the sub-batch size (CPU), on resuming or on how many processes share the images.
+settings raises ``ValueError`` instead of mixing two runs. Each image's noise is the stream of
+the run seed and the image's data-set index (:mod:`wbench.noise_stream`), so results do not
+depend on which images ran before, on how the data set is split, on the sub-batch size, on
+resuming or on how many processes share the images.
 """
 
 from __future__ import annotations
@@ -82,11 +83,6 @@ class CertifySettings:
         d = asdict(self)
         d.pop("batch_size")
         return d
-
-
-def image_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for one image, from the run seed and the image's data-set index."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def max_radius(settings: CertifySettings) -> float:
@@ -226,21 +222,20 @@ def _certify_in_locked_folder(
 
     cls = WassersteinSmoothing if settings.noise == Noise.WASSERSTEIN else LaplaceSmoothing
     smoothed = cls(
-        model, num_classes, settings.sigma, batch_size=settings.batch_size, device=device, generator=0
+        model, num_classes, settings.sigma, seed=settings.seed, batch_size=settings.batch_size, device=device
     )
     shards = ImageShards(out_dir / CSV_FILE, CSV_FIELDS)
     mine, left = shards.split(indices)
     per_image = settings.n0 + settings.n
     with CsvAppender(shards.path, CSV_FIELDS) as appender:
-        run = RunProgress(left, per_image, desc=f"certify {settings.noise} sigma={settings.sigma:g}",
-                          enabled=progress)  # fmt: skip
+        desc = f"certify {settings.noise} sigma={settings.sigma:g} ({left} images)"
+        run = RunProgress(left, per_image, desc=desc, enabled=progress)
         for i in mine:
             x, y = dataset[i]
-            smoothed.generator.manual_seed(image_seed(settings.seed, i))
             t0 = time.perf_counter()
             pred, p_lower, radius = smoothed.certify(
-                torch.as_tensor(x), settings.n0, settings.n, settings.alpha,
-                ground=settings.ground, convention=settings.convention,
+                torch.as_tensor(x), settings.n0, settings.n, settings.alpha, index=i,
+                ground=settings.ground, convention=settings.convention, progress=run.advance,
             )  # fmt: skip
             dt = time.perf_counter() - t0
             appender.append(

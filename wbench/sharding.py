@@ -96,12 +96,13 @@ class ImageShards:
 
 
 class RunProgress:
-    """Progress of the whole launch, shown by rank 0: images done and noise samples/s over all ranks.
+    """Progress of the whole launch, shown by rank 0: noise samples done and samples/s over all ranks.
 
     Ranks advance in rounds of one image each (:meth:`step` is collective), so rank 0 always
     knows the total; the round also bounds how long a rank can wait for a silent peer by the
-    process group's timeout. A rank whose share is shorter joins the remaining rounds in
-    :meth:`close`.
+    process group's timeout. Within a round the bar follows rank 0's own sub-batches
+    (:meth:`advance`), so one large image still shows progress. A rank whose share is shorter
+    joins the remaining rounds in :meth:`close`.
 
     Parameters
     ----------
@@ -117,16 +118,26 @@ class RunProgress:
         self.rounds_left = -(-total // dist.world_size())
         self.samples_per_image = samples_per_image
         self.images = 0
-        self.bar = tqdm(total=total, desc=desc, disable=not (enabled and dist.is_main()))
+        self._shown = 0  # samples of rank 0's current image already on the bar
+        self.bar = tqdm(
+            total=total * samples_per_image, desc=desc, unit="sample", unit_scale=True,
+            disable=not (enabled and dist.is_main()),
+        )  # fmt: skip
         dist.barrier()
         self.t0 = time.perf_counter()
+
+    def advance(self, samples: int) -> None:
+        """This rank drew ``samples`` more noise samples of its current image (local, no communication)."""
+        self._shown += samples
+        self.bar.update(samples)
 
     def step(self, images: int = 1) -> None:
         """Collective: this rank finished ``images`` (1, or 0 after its share ran out) this round."""
         done = int(dist.all_sum([float(images)])[0])
         self.rounds_left -= 1
         self.images += done
-        self.bar.update(done)
+        self.bar.update(done * self.samples_per_image - self._shown)
+        self._shown = 0
         self.bar.set_postfix(samples_per_s=f"{self.rate():.0f}", ranks=dist.world_size())
 
     def rate(self) -> float:

@@ -10,8 +10,11 @@ Under torchrun:
   :class:`~torch.utils.data.DistributedSampler` whose epoch is set every epoch;
 * gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`; batch-norm
   statistics stay per rank (no SyncBatchNorm), as in plain DDP;
-* the noise and augmentation streams of rank r are seeded with ``SeedSequence`` spawn key ``(r,)``,
-  so no two ranks draw the same noise; ``shared_noise`` then means one draw per rank and step.
+* the smoothing noise of step s is the stream ``(seed, s)`` of :mod:`wbench.noise_stream`, and rank r
+  takes its copies from ``r * batch_size / W`` on, so together the ranks draw exactly the copies one
+  process draws for the global batch and no two ranks share a draw; ``shared_noise`` means one draw
+  per rank and step. The augmentation generator of rank r is seeded with ``SeedSequence`` spawn key
+  ``(r,)``.
 """
 
 from __future__ import annotations

@@ -8,10 +8,12 @@ uninterrupted run (on the CPU; cuDNN kernels may be non-deterministic on CUDA).
 ``<out_dir>/metrics.json`` mirrors the metrics.
 
 Random streams, all derived from ``config.seed``: model initialisation (the global
-torch RNG), the shuffling order of each epoch, augmentation and training noise
-(generators on the training device, saved in the checkpoint), and the noise of the
-noisy test accuracy of each epoch (derived per epoch, so evaluation never perturbs
-training).
+torch RNG), the shuffling order of each epoch, augmentation (a generator on the training
+device, saved in the checkpoint), and the smoothing noise of :mod:`wbench.noise_stream`:
+training noise keyed by the global step (row ``r`` of a batch takes copy ``r``), the noisy
+test accuracy keyed by the epoch (test image ``t`` takes copy ``t``), so noise never depends
+on the device, the build or on how a run was interrupted, and evaluation never perturbs
+training.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from wbench import distributed as dist
 from wbench.data import ImageTensorDataset, dataset_info, load_dataset
 from wbench.models import build_model
 from wbench.noise import perturb
+from wbench.noise_stream import Tag
 from wbench.runio import (
     atomic_torch_save,
     atomic_write_json,
@@ -44,14 +47,14 @@ METRICS_NAME = "metrics.json"
 # Config fields that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "num_workers", "data_root", "download", "eval_batch_size")
 
-_STREAMS = {"noise": 1, "augment": 2, "shuffle": 3, "eval_noise": 4}
+_STREAMS = {"augment": 2, "shuffle": 3}
 
 
 def derive_seed(seed: int, stream: str, epoch: int = 0, *, per_rank: bool = False) -> int:
     """An independent 63-bit seed for one random stream (``numpy.random.SeedSequence``).
 
     With ``per_rank`` under torchrun, rank r gets the child stream with spawn key ``(r,)``, so ranks
-    never share noise; in a single process the seed is the same either way.
+    never share augmentation draws; in a single process the seed is the same either way.
     """
     key = (dist.rank(),) if per_rank and dist.active() else ()
     sequence = np.random.SeedSequence([seed, _STREAMS[stream], epoch], spawn_key=key)
@@ -105,23 +108,21 @@ def evaluate(
     config: TrainConfig,
     device: torch.device,
     *,
-    noise_generator: torch.Generator | None = None,
+    noise_epoch: int | None = None,
 ) -> float:
-    """Accuracy on ``dataset``: clean, or under one noise draw per image when a generator is given."""
+    """Accuracy on ``dataset``: clean, or under one noise draw per image (keyed by ``noise_epoch``)."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    first = 0
     for xb, yb in _loader(dataset, _batches(len(dataset), config.eval_batch_size, None), config, device):
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True)
-        if noise_generator is not None:
+        if noise_epoch is not None:
             xb = perturb(
-                xb,
-                config.sigma,
-                config.noise,
-                generator=noise_generator,
-                shared_across_batch=False,
-                check=False,
-            )
+                xb, config.sigma, config.noise, seed=config.seed, index=noise_epoch,
+                first_copy=first, tag=Tag.EVALUATION, check=False,
+            )  # fmt: skip
+        first += int(yb.shape[0])
         correct += (model(xb).argmax(dim=1) == yb).sum()
     return int(correct) / len(dataset)
 
@@ -129,12 +130,11 @@ def evaluate(
 def _evaluate_epoch(
     model: torch.nn.Module, test_set: Dataset, config: TrainConfig, device: torch.device, epoch: int
 ) -> tuple[float, float | None]:
-    """Clean test accuracy and, with noise, the accuracy under one draw per image (its own stream)."""
+    """Clean test accuracy and, with noise, the accuracy under one draw per image (keyed by the epoch)."""
     test_acc = evaluate(model, test_set, config, device)
     if config.noise == "none":
         return test_acc, None
-    g_eval = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "eval_noise", epoch))
-    return test_acc, evaluate(model, test_set, config, device, noise_generator=g_eval)
+    return test_acc, evaluate(model, test_set, config, device, noise_epoch=epoch)
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
@@ -166,12 +166,12 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, device: torch.de
     if saved_world != dist.world_size():
         raise ValueError(
             f"cannot resume {path}: it was trained by {saved_world} process(es), each with its own "
-            f"noise stream; resume it with {saved_world} (torchrun --nproc-per-node, --nnodes), "
+            f"random state; resume it with {saved_world} (torchrun --nproc-per-node, --nnodes), "
             f"not {dist.world_size()}"
         )
     if ckpt["device_type"] != device.type:
         raise ValueError(
-            f"cannot resume {path}: it was trained on {ckpt['device_type']!r} and its noise generator "
+            f"cannot resume {path}: it was trained on {ckpt['device_type']!r} and its augmentation generator "
             f"state cannot move to {device.type!r}; pass --device {ckpt['device_type']}"
         )
 
@@ -239,8 +239,9 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=config.gamma)
     generators = {
-        name: torch.Generator(device=device).manual_seed(derive_seed(config.seed, name, per_rank=True))
-        for name in ("noise", "augment")
+        "augment": torch.Generator(device=device).manual_seed(
+            derive_seed(config.seed, "augment", per_rank=True)
+        ),
     }
 
     start_epoch, metrics, seconds_before = 0, [], 0.0
@@ -280,7 +281,9 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
                 yb,
                 noise=config.noise,
                 sigma=config.sigma,
-                generator=generators["noise"],
+                seed=config.seed,
+                step=epoch * len(batches) + step,
+                first_copy=dist.rank() * batch_size,  # ranks draw disjoint copies of the step's noise
                 shared_noise=config.shared_noise,
                 check_input=(step == 0),
                 penalty=config.penalty,
