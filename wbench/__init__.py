@@ -43,6 +43,9 @@ _EXPORTS = {
     "GradNormImpl": "wbench.options",
     "Convention": "wbench.options",
     "resolve_device": "wbench.devices",
+    "attack": "wbench.attacks",
+    "AttackResult": "wbench.attacks",
+    "AttackMethod": "wbench.options",
 }
 
 __all__ = sorted(_EXPORTS)
