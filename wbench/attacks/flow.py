@@ -40,7 +40,7 @@ _FEASIBILITY_MARGIN = 1e-5  # out-flow is held at (1 - margin) of a pixel's mass
 
 
 def project_l1_ball(u: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each row of ``u`` (B, n) onto ``{||w||_1 <= radius_b}`` (Duchi et al., Fig. 1)."""
+    """Euclidean projection of each row of ``u`` (B, n) onto ``{||w||_1 <= radius_b}`` (Duchi et al.'08)."""
     a = u.abs()
     inside = a.sum(1) <= radius
     srt = a.sort(dim=1, descending=True).values
@@ -78,8 +78,7 @@ def run(
     eps: float,
     ground: Ground,
     steps: int | None,
-    *,
-    step: float = DEFAULTS["step"],
+    **options: float,
 ) -> tuple[torch.Tensor, FlowPlan]:
     """Projected gradient ascent over the flow plans of ``D`` (module docstring).
 
@@ -87,6 +86,10 @@ def run(
     Returns the adversarial images (mass units) and their flow plans (normalised mass), with
     ``||plan||_1 <= eps`` per image and ``adversarial = m * Delta(x / m, plan)``.
     """
+    unknown = set(options) - {"step"}
+    if unknown:
+        raise ValueError(f"unknown flow options {sorted(unknown)}; expected ['step']")
+    step = options.get("step", DEFAULTS["step"])
     if not (isinstance(step, int | float) and math.isfinite(step) and step > 0):
         raise ValueError(f"flow option step must be a finite number > 0, got {step!r}")
     steps = int(DEFAULTS["steps"]) if steps is None else steps
@@ -107,18 +110,16 @@ def run(
             break
         va, ha = v[act].requires_grad_(True), h[act].requires_grad_(True)
         m = mass[act]
-        adv = apply_flow_unchecked(x[act], va * m, ha * m)
-        gv, gh = torch.autograd.grad(objective.loss(adv, labels[act]).sum(), (va, ha))
+        loss, fooled = objective.loss(apply_flow_unchecked(x[act], va * m, ha * m), labels[act])
+        gv, gh = torch.autograd.grad(loss.sum(), (va, ha))
         with torch.no_grad():
+            move = frozen_update(done, act, fooled)  # the fooled keep their current plan
+            act, va, ha, gv, gh = act[move], va[move], ha[move], gv[move], gh[move]
             g = torch.cat((gv.flatten(1), gh.flatten(1)), 1)
             g = g / g.norm(dim=1, keepdim=True).clamp(min=torch.finfo(g.dtype).tiny)
             d = torch.cat((va.flatten(1), ha.flatten(1)), 1) + step * radius[act, None] * g
             d = project_l1_ball(d, radius[act])
-            va, ha = feasible_flow(x_n[act], d[:, :nv].view_as(va), d[:, nv:].view_as(ha))
-            v[act], h[act] = va, ha
-            frozen_update(
-                done, act, objective.fooled(apply_flow_unchecked(x[act], va * m, ha * m), labels[act])
-            )
+            v[act], h[act] = feasible_flow(x_n[act], d[:, :nv].view_as(va), d[:, nv:].view_as(ha))
     with torch.no_grad():
         adv = apply_flow_unchecked(x, v * mass, h * mass)
     return adv, FlowPlan(v, h)

@@ -133,16 +133,16 @@ def run(
             break
         pa = pi[act].requires_grad_(True)
         adv = fold_columns(pa, (act.numel(), c, hgt, wid), ks) * mass[act]
-        (g,) = torch.autograd.grad(objective.loss(adv, labels[act]).sum(), pa)
+        loss, fooled = objective.loss(adv, labels[act])
+        (g,) = torch.autograd.grad(loss.sum(), pa)
         with torch.no_grad():
+            move = frozen_update(done, act, fooled)  # the fooled keep their current plan
+            act, pa, g = act[move], pa[move], g[move]
             g = g / (g.abs().flatten(1).amax(1).view(-1, 1, 1, 1) + 1e-35)
             star = linear_oracle(
                 g, x_n[act], cost, valid, budget[act], gamma=cfg["gamma"], dual_iters=cfg["dual_iters"],
                 grad_tol=cfg["grad_tol"], int_tol=cfg["int_tol"],
             )  # fmt: skip
-            pa = pa + 2.0 / (t + 2) * (star - pa)
-            pi[act] = pa
-            adv = fold_columns(pa, (act.numel(), c, hgt, wid), ks) * mass[act]
-            frozen_update(done, act, objective.fooled(adv, labels[act]))
+            pi[act] = pa + 2.0 / (t + 2) * (star - pa)
     with torch.no_grad():
         return fold_columns(pi, tuple(x.shape), ks) * mass

@@ -25,14 +25,11 @@ class Objective:
     def __init__(self, model: nn.Module):
         self.model = model
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-example cross-entropy, differentiable in ``x`` (``(B, C, H, W)`` in mass units)."""
-        return F.cross_entropy(self.model(x), labels, reduction="none")
-
-    def fooled(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        """Examples already misclassified (an attack stops moving them), or ``None`` if unknown."""
-        with torch.no_grad():
-            return self.model(x).argmax(1) != labels
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-example cross-entropy, differentiable in ``x`` (``(B, C, H, W)`` in mass units), and the
+        examples that this same forward pass already misclassifies (``None`` when unknown)."""
+        scores = self.model(x)
+        return F.cross_entropy(scores, labels, reduction="none"), scores.detach().argmax(1) != labels
 
     def decide(self, x: torch.Tensor) -> np.ndarray:
         """The classifier's final prediction per image (int64; ``-1`` = abstain)."""
@@ -71,7 +68,7 @@ class SmoothedObjective(Objective):
         self.predict_alpha = predict_alpha
         self.generator = generator
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, None]:
         from wbench.noise import perturb
 
         k = self.noise_samples
@@ -84,10 +81,7 @@ class SmoothedObjective(Objective):
         )
         log_p = F.log_softmax(self.model(noisy), dim=1).view(x.shape[0], k, -1)
         log_mean = torch.logsumexp(log_p, dim=1) - math.log(k)  # log of the mean softmax, stably
-        return -log_mean.gather(1, labels[:, None]).squeeze(1)
-
-    def fooled(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        return None  # only PREDICT decides, at the end
+        return -log_mean.gather(1, labels[:, None]).squeeze(1), None  # only PREDICT decides, at the end
 
     def decide(self, x: torch.Tensor) -> np.ndarray:
         return np.array(
@@ -95,7 +89,11 @@ class SmoothedObjective(Objective):
         )
 
 
-def frozen_update(done: torch.Tensor, active: torch.Tensor, fooled: torch.Tensor | None) -> None:
-    """Mark the ``active`` examples that are ``fooled`` as done (in place): they stop moving."""
-    if fooled is not None:
-        done[active] |= fooled
+def frozen_update(done: torch.Tensor, active: torch.Tensor, fooled: torch.Tensor | None) -> torch.Tensor:
+    """Mark the ``active`` examples that are ``fooled`` as done (in place): they keep their current
+    iterate (the first that fooled the network, as Wong et al.). Returns the mask over ``active``
+    of the examples that move on."""
+    if fooled is None:
+        return torch.ones_like(active, dtype=torch.bool)
+    done[active] |= fooled
+    return ~fooled

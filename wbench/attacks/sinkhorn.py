@@ -104,7 +104,7 @@ def window_columns(v: torch.Tensor, kernel_size: int, fill: float) -> torch.Tens
 
 
 def fold_columns(cols: torch.Tensor, shape: tuple[int, ...], kernel_size: int) -> torch.Tensor:
-    """The adjoint of :func:`window_columns`: ``out[j] = sum over (i, k) with i + offset_k = j of cols[k, i]``."""
+    """The adjoint of :func:`window_columns`: ``out[j] = sum of cols[k, i] over i + offset_k = j``."""
     n, c, h, w = shape
     r = kernel_size // 2
     out = F.fold(cols.reshape(n * c, -1, h * w), (h + 2 * r, w + 2 * r), kernel_size)
@@ -132,7 +132,7 @@ def projected_sinkhorn(
     *,
     max_iter: int = 400,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project ``y`` onto the entropic local-transport ball of radius ``eps`` around ``x`` (Wong et al., Alg. 2).
+    """Project ``y`` onto the entropic local-transport ball of radius ``eps`` around ``x`` (Wong, Alg. 2).
 
     Parameters
     ----------
@@ -248,14 +248,16 @@ def run(
         if act.numel() == 0:
             break
         xa = adv[act].requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective.loss(xa, labels[act]).sum(), xa)
+        loss, fooled = objective.loss(xa, labels[act])
+        (grad,) = torch.autograd.grad(loss.sum(), xa)
         with torch.no_grad():
+            move = frozen_update(done, act, fooled)  # the fooled keep their current iterate
+            act, xa, grad = act[move], xa[move], grad[move]
             y = (xa + cfg["step"] * grad.sign()) / mass[act]
             z, _ = projected_sinkhorn(
                 x_n[act], y, cost, radius[act], float(cfg["lam"]), max_iter=int(cfg["sinkhorn_iters"])
             )
             adv[act] = z * mass[act]
-            frozen_update(done, act, objective.fooled(adv[act], labels[act]))
             if (t + 1) % int(cfg["growth_every"]) == 0:
                 radius = torch.where(done, radius, (radius * cfg["growth"]).clamp(max=eps))
     return adv
