@@ -114,6 +114,8 @@ def run(
         gv, gh = torch.autograd.grad(loss.sum(), (va, ha))
         with torch.no_grad():
             move = frozen_update(done, act, fooled)  # the fooled keep their current plan
+            if not bool(move.any()):
+                continue
             act, va, ha, gv, gh = act[move], va[move], ha[move], gv[move], gh[move]
             g = torch.cat((gv.flatten(1), gh.flatten(1)), 1)
             g = g / g.norm(dim=1, keepdim=True).clamp(min=torch.finfo(g.dtype).tiny)

@@ -137,6 +137,8 @@ def run(
         (g,) = torch.autograd.grad(loss.sum(), pa)
         with torch.no_grad():
             move = frozen_update(done, act, fooled)  # the fooled keep their current plan
+            if not bool(move.any()):
+                continue
             act, pa, g = act[move], pa[move], g[move]
             g = g / (g.abs().flatten(1).amax(1).view(-1, 1, 1, 1) + 1e-35)
             star = linear_oracle(

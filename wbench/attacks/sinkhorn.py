@@ -252,6 +252,8 @@ def run(
         (grad,) = torch.autograd.grad(loss.sum(), xa)
         with torch.no_grad():
             move = frozen_update(done, act, fooled)  # the fooled keep their current iterate
+            if not bool(move.any()):
+                continue
             act, xa, grad = act[move], xa[move], grad[move]
             y = (xa + cfg["step"] * grad.sign()) / mass[act]
             z, _ = projected_sinkhorn(
