@@ -9,12 +9,12 @@ import pytest
 import torch
 from scipy.special import lambertw
 
-from wbench import AttackMethod, attack
+from wbench import attack
 from wbench.attacks.flow import feasible_flow, project_l1_ball
 from wbench.attacks.sinkhorn import PRESETS, cost_kernel, lambertw_exp, projected_sinkhorn
 from wbench.flow import apply_flow_unchecked
 from wbench.models import build_model
-from wbench.options import Ground
+from wbench.options import AttackMethod, Ground
 from wbench.smoothing import WassersteinSmoothing
 
 

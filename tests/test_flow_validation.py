@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from wbench import FlowPlan, apply_flow, compose_flows, sample_laplace_flow
-from wbench.flow import zero_flow
+from wbench import FlowPlan, apply_flow
+from wbench.flow import compose_flows, sample_laplace_flow, zero_flow
 
 
 def _plan(lead=(), h=4, w=5, dtype=torch.float64, seed=0):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from wbench.models import build_model, load_model
 from wbench.noise import image_mass
+from wbench.options import Noise, PenaltyMetric, TrainingNoise, TrainingPenalty
 from wbench.penalties import gradient_penalty_loss
 from wbench.training import PRESETS, TrainConfig, random_crop_flip, train, train_step
 
@@ -71,6 +72,23 @@ def test_config_dict_roundtrip_is_plain():
     json.dumps(d)
     assert TrainConfig.from_dict(d) == cfg
     assert cfg.model_name == "digits_cnn"
+
+
+def test_config_parses_options_once_and_stores_plain_strings():
+    cfg = TrainConfig(noise="Laplace", sigma=0.02)
+    assert cfg.noise is TrainingNoise.LAPLACE and cfg.penalty is TrainingPenalty.NONE
+    d = cfg.to_dict()
+    # checkpoints are loaded with weights_only=True: no Enum may reach the stored dict
+    assert type(d["noise"]) is str and type(d["penalty"]) is str
+    assert (d["noise"], d["penalty"]) == ("laplace", "none")
+    # the dict an earlier version stored (plain strings) still loads
+    old = {**d, "noise": "none", "sigma": None, "penalty": "wasserstein", "eta": 0.1}
+    assert TrainConfig.from_dict(old).penalty is TrainingPenalty.WASSERSTEIN
+
+
+def test_training_options_add_none_to_the_core_choices():
+    assert [m.value for m in TrainingNoise] == ["none", *(m.value for m in Noise)]
+    assert [m.value for m in TrainingPenalty] == ["none", *(m.value for m in PenaltyMetric)]
 
 
 @pytest.mark.parametrize(
@@ -195,6 +213,17 @@ def test_step_clean_loss_is_cross_entropy_before_update():
     loss, _ = train_step(model, opt, x, y)
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"noise": "gaussian"}, "unknown noise 'gaussian'"), ({"penalty": "l2"}, "unknown penalty 'l2'")],
+)
+def test_step_rejects_unknown_options(option, message):
+    model = _Recorder((1, 4, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        train_step(model, opt, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), sigma=0.1, eta=0.1, **option)
 
 
 def test_step_rejects_negative_images_when_checking():

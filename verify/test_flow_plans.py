@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wbench import FlowPlan, apply_flow, compose_flows, sample_laplace_flow
+from wbench import FlowPlan, apply_flow
+from wbench.flow import compose_flows, sample_laplace_flow
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
