@@ -23,6 +23,7 @@ class AttackIterationSuite:
     params = (["forward_backward", *METHODS], common.DEVICES)
     param_names = ["step", "device"]
     rounds_per_call = 3
+    unit = "ratio"  # track_: seconds per iteration / seconds per forward+backward
 
     def setup(self, step, device):
         import torch
@@ -61,5 +62,3 @@ class AttackIterationSuite:
     def track_ratio_to_forward_backward(self, step, device):
         t_fb, t_step = common.interleaved_times(self._fb, self._step, self.rounds_per_call, warmup=1)
         return common.median_pair_ratio(t_step, t_fb)
-
-    track_ratio_to_forward_backward.unit = "x forward+backward"
