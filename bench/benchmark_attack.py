@@ -24,6 +24,7 @@ class AttackIterationSuite:
     param_names = ["step", "device"]
     rounds_per_call = 3
     unit = "ratio"  # track_: seconds per iteration / seconds per forward+backward
+    timeout = 300  # the sinkhorn preset (up to 400 projection iterations) is slow on the CPU
 
     def setup(self, step, device):
         import torch
