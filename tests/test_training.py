@@ -169,7 +169,8 @@ def _step(noise, shared=False, seed=0, shape=(2, 5, 6)):
         noise=noise,
         sigma=0.05,
         shared_noise=shared,
-        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+        step=0,
         check_input=True,
     )
     return x, model.seen[0], loss, correct
@@ -301,7 +302,7 @@ def test_train_writes_weights_only_checkpoint_and_metrics(tmp_path):
     assert {"train_loss", "train_acc", "test_acc", "seconds", "lr"} <= set(ckpt["metrics"][0])
     # MultiStepLR at milestone 1: lr 0.05 for epoch 1, 0.005 for epoch 2
     assert [m["lr"] for m in ckpt["metrics"]] == pytest.approx([0.05, 0.005], rel=1e-12)
-    assert ckpt["rng"]["noise"].dtype == torch.uint8 and ckpt["rng"]["cpu"].dtype == torch.uint8
+    assert ckpt["rng"]["augment"].dtype == torch.uint8 and ckpt["rng"]["cpu"].dtype == torch.uint8
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["metrics"] == ckpt["metrics"] and on_disk["epochs_completed"] == 2
     model, _ = load_model(summary["checkpoint"], device="cpu")
@@ -328,7 +329,7 @@ def test_resume_after_interruption_is_exact(tmp_path, mode):
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    for name in ("noise", "augment", "cpu"):
+    for name in ("augment", "cpu"):  # training noise is keyed by the step: no state
         assert torch.equal(a["rng"][name], b["rng"][name])
     strip = [{k: v for k, v in m.items() if k != "seconds"} for m in a["metrics"]]
     assert strip == [{k: v for k, v in m.items() if k != "seconds"} for m in b["metrics"]]

@@ -4,7 +4,7 @@ Each channel of an (H, W) image is its own graph (no edges between channels). It
 are the pixels; an edge joins two distinct pixels ``p`` and ``q = p + o`` whose offset
 ``o = (di, dj)`` lies in the neighbourhood of the given radius:
 
-* ``"euclidean"`` (the default, DESIGN.md): ``di**2 + dj**2 <= radius**2``;
+* ``"euclidean"`` (the default): ``di**2 + dj**2 <= radius**2``;
 * ``"manhattan"`` (the "diamond" of the WWGAN code): ``|di| + |dj| <= radius``.
 
 Nothing wraps around the border, so boundary pixels have fewer edges. The edge weight

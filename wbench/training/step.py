@@ -31,7 +31,8 @@ def train_step(
     *,
     noise: TrainingNoise | str = TrainingNoise.NONE,
     sigma: float | None = None,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    step: int = 0,
     shared_noise: bool = False,
     check_input: bool = False,
     penalty: TrainingPenalty | str = TrainingPenalty.NONE,
@@ -47,8 +48,9 @@ def train_step(
     x, y : torch.Tensor
         Images ``(B, C, H, W)`` in pixel/mass space and labels ``(B,)``, on the model's device.
     noise : {"none", "wasserstein", "laplace"}
-        Smoothing noise drawn with ``generator`` (std ``sigma``; one draw per image unless
-        ``shared_noise``). ``check_input`` validates ``x`` (a device sync: first batch only).
+        Smoothing noise of std ``sigma``: row ``r`` of the batch takes copy ``r`` of the stream
+        ``(seed, step)`` (:func:`wbench.noise.perturb`; one draw for the batch if ``shared_noise``).
+        ``check_input`` validates ``x`` (a device sync: first batch only).
     penalty : {"none", "euclidean", "wasserstein"}
         Gradient-norm penalty with strength ``eta`` and graph ``radius``.
 
@@ -62,7 +64,7 @@ def train_step(
     penalty = parse_option(TrainingPenalty, penalty, "penalty")
     if noise is not TrainingNoise.NONE:
         x = perturb(
-            x, sigma, Noise(noise), generator=generator, shared_across_batch=shared_noise, check=check_input
+            x, sigma, Noise(noise), seed=seed, index=step, shared_across_batch=shared_noise, check=check_input
         )
     optimizer.zero_grad(set_to_none=True)
     if penalty is TrainingPenalty.NONE:
