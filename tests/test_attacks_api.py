@@ -40,6 +40,7 @@ def batch():
         ({"ground": "linf"}, "unknown ground"),
         ({"steps": 0}, "steps must be a positive integer"),
         ({"seed": 1.5}, "seed must be an integer"),
+        ({"seed": -1}, "seed must be an integer"),
         ({"solver": "lp", "ground": "l2"}, "L1 ground only"),
         ({"frobnicate": 1}, "frobnicate"),
         ({"method": "sinkhorn", "preset": "imagenet"}, "unknown sinkhorn preset"),
@@ -77,7 +78,7 @@ def test_bad_images_and_labels_raise(net, batch):
 def test_smoothing_must_wrap_the_attacked_model(net, batch):
     x, y = batch
     other = build_model("digits_cnn", num_classes=10, width=4)
-    smooth = WassersteinSmoothing(other, 10, 0.05, device="cpu", generator=0)
+    smooth = WassersteinSmoothing(other, 10, 0.05, device="cpu", seed=0)
     with pytest.raises(ValueError, match="different base network"):
         attack(net, x, y, 0.1, smoothing=smooth, steps=1)
 

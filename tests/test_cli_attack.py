@@ -122,3 +122,17 @@ def test_certified_curve_from_a_certify_folder_of_the_same_model(checkpoint, tmp
     capsys.readouterr()
     assert run_attack(checkpoint, tmp_path / "l2", *args, "--ground", "l2") == 2
     assert "l1 ground" in capsys.readouterr().err
+
+
+def test_smoothed_attack_records_predict_decisions_and_is_reproducible(checkpoint, tmp_path):
+    args = ["--method", "flow", "--eps", "0.1", "--max", "3", "--smoothing", "wasserstein", "--sigma", "0.02"]
+    args += ["--num-samples", "200", "--noise-samples", "4", "--alpha", "0.1"]
+    assert run_attack(checkpoint, tmp_path / "a", *args) == 0
+    assert run_attack(checkpoint, tmp_path / "b", *args, "--batch", "1") == 0
+    a, b = read_csv_rows(tmp_path / "a" / "attack.csv"), read_csv_rows(tmp_path / "b" / "attack.csv")
+    assert key_fields(a) == key_fields(b)  # PREDICT reads each image's own noise, whatever the batch
+    for r in a:
+        assert int(r["abstain"]) == (int(r["prediction"]) == -1)
+        assert not (int(r["success"]) and int(r["abstain"]))
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["settings"]["smoothing"] == "wasserstein" and summary["settings"]["predict_n"] == 200

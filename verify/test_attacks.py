@@ -99,25 +99,24 @@ def audit(
 def certified(digits_model, digits):
     """The smoothed classifier and (index, radius) of its correctly certified test digits, radius > 0."""
     x, y = digits
-    smooth = WassersteinSmoothing(digits_model, 10, SIGMA, device="cpu", generator=0)
+    smooth = WassersteinSmoothing(digits_model, 10, SIGMA, device="cpu", seed=0)
     out = []
     for i in range(8):
-        smooth.generator.manual_seed(1000 + i)
-        pred, _, radius = smooth.certify(x[i], N0, N_CERT, ALPHA_CERT)
+        pred, _, radius = smooth.certify(x[i], N0, N_CERT, ALPHA_CERT, index=i)
         if pred == int(y[i]) and radius > 0:
             out.append((i, radius))
     return smooth, out
 
 
 def confirmed_flips(model, x, y, certified, attack_fn) -> list[str]:
-    """Run ``attack_fn(image, label, eps)`` at each certified radius; PREDICT-confirm every success."""
-    confirm = WassersteinSmoothing(model, 10, SIGMA, device="cpu", generator=12345)
+    """Run ``attack_fn(image, label, eps, index)`` at each certified radius; PREDICT-confirm every success."""
+    confirm = WassersteinSmoothing(model, 10, SIGMA, device="cpu", seed=12345)  # fresh noise
     found = []
     for i, radius in certified:
-        res = attack_fn(x[i : i + 1], y[i : i + 1], radius)
+        res = attack_fn(x[i : i + 1], y[i : i + 1], radius, i)
         if not res.success[0]:
             continue
-        pred = confirm.predict(res.adversarial[0], N_CONFIRM, ALPHA_CONFIRM)
+        pred = confirm.predict(res.adversarial[0], N_CONFIRM, ALPHA_CONFIRM, index=i)
         if pred not in (-1, int(y[i])):
             found.append(
                 f"image {i}: eps {radius:.6g}, exact W1 {res.w1[0]:.6g}, label {int(y[i])} -> {pred}"
@@ -131,10 +130,10 @@ def test_no_attack_breaks_a_certificate(claims, digits_model, digits, certified,
     smooth, certified = certified
     assert len(certified) >= 4, "too few certified digits for a meaningful check"
 
-    def run(xi, yi, eps):
+    def run(xi, yi, eps, i):
         res = attack(
             digits_model, xi, yi, eps, method, smoothing=smooth, seed=0, noise_samples=16, predict_n=N_CERT,
-            predict_alpha=ALPHA_CERT, **SMOOTHED[method],
+            predict_alpha=ALPHA_CERT, indices=[i], **SMOOTHED[method],
         )  # fmt: skip
         audit(xi, yi, eps, res)
         return res
@@ -198,15 +197,15 @@ def test_a_planted_overshoot_is_caught(digits_model, digits, certified):
     smooth, certified = certified
     certified = certified[:4]
 
-    def overshoot(xi, yi, eps):
+    def overshoot(xi, yi, eps, i):
         res = attack(digits_model, xi, yi, 20 * eps, "flow", smoothing=smooth, seed=0, noise_samples=16,
-                     predict_n=N_CERT, predict_alpha=ALPHA_CERT, steps=20)  # fmt: skip
+                     predict_n=N_CERT, predict_alpha=ALPHA_CERT, indices=[i], steps=20)  # fmt: skip
         return res
 
     flips = confirmed_flips(digits_model, x, y, certified, overshoot)
     assert flips, "the soundness check found nothing even at 20x the certified radius"
     i, radius = certified[0]
-    res = overshoot(x[i : i + 1], y[i : i + 1], radius)
+    res = overshoot(x[i : i + 1], y[i : i + 1], radius, i)
     if res.w1[0] > radius * (1 + W1_RTOL):
         res = AttackResult(res.adversarial, res.w1, np.array([True]), res.prediction, res.abstain, res.shrunk)
         with pytest.raises(AssertionError, match="success at exact W1"):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wbench.certify_run import _as_jsonable, _check_or_write_run, image_seed
+from wbench.certify_run import _as_jsonable, _check_or_write_run
 from wbench.options import AttackMethod, Ground, Noise, parse_option
 from wbench.runio import (
     CsvAppender,
@@ -114,7 +114,7 @@ def _smoothing(settings: AttackSettings, model: nn.Module, num_classes: int, dev
     from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
 
     cls = WassersteinSmoothing if settings.smoothing == Noise.WASSERSTEIN else LaplaceSmoothing
-    return cls(model, num_classes, settings.sigma, device=device, generator=settings.seed)
+    return cls(model, num_classes, settings.sigma, device=device, seed=settings.seed)
 
 
 def attack_dataset(
@@ -170,13 +170,12 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
                 chunk = todo[start : start + bs]
                 x = torch.stack([torch.as_tensor(dataset[i][0]) for i in chunk]).to(device)
                 y = torch.tensor([int(dataset[i][1]) for i in chunk], dtype=torch.int64, device=device)
-                seed = image_seed(settings.seed, chunk[0])
-                if smoothing is not None:
-                    smoothing.generator.manual_seed(seed)
                 t0 = time.perf_counter()
+                per_batch = {"indices": chunk} if smoothing is not None else {}
                 res = attack(
                     model, x, y, eps, settings.method, ground=settings.ground, smoothing=smoothing,
-                    steps=settings.steps, seed=seed, **smooth_opts, **settings.method_options,
+                    steps=settings.steps, seed=settings.seed, **smooth_opts, **per_batch,
+                    **settings.method_options,
                 )  # fmt: skip
                 per = (time.perf_counter() - t0) / len(chunk)
                 for k, i in enumerate(chunk):

@@ -95,12 +95,12 @@ def _check_inputs(model, images, labels, eps, steps, seed) -> None:
         raise ValueError(f"eps must be a finite number > 0 (a W1 radius in normalised mass), got {eps!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer in [0, 2**32) or None, got {seed!r}")
 
 
 def _objective(model, smoothing, images, seed, options: dict) -> Objective:
-    smooth_keys = ("noise_samples", "predict_n", "predict_alpha")
+    smooth_keys = ("noise_samples", "predict_n", "predict_alpha", "indices")
     picked = {k: options.pop(k) for k in smooth_keys if k in options}
     if smoothing is None:
         if picked:
@@ -122,18 +122,17 @@ def _objective(model, smoothing, images, seed, options: dict) -> Objective:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (isinstance(predict_alpha, float) and 0 < predict_alpha < 1):
         raise ValueError(f"predict_alpha must be in (0, 1), got {predict_alpha!r}")
-    gen = torch.Generator(device=images.device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
+    indices = picked.get("indices", range(images.shape[0]))
+    try:
+        indices = [int(i) for i in indices]
+    except (TypeError, ValueError) as exc:
+        raise ValueError("indices must be a sequence of non-negative integers, one per image") from exc
+    if len(indices) != images.shape[0] or min(indices) < 0:
+        raise ValueError(f"indices must hold {images.shape[0]} non-negative integers, one per image")
     return SmoothedObjective(
-        smoothing,
-        noise_samples=noise_samples,
-        predict_n=predict_n,
-        predict_alpha=predict_alpha,
-        generator=gen,
-    )
+        smoothing, noise_samples=noise_samples, predict_n=predict_n, predict_alpha=predict_alpha,
+        seed=0 if seed is None else seed, indices=indices,
+    )  # fmt: skip
 
 
 def _into_ball(x, adv, eps, ground, solver) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -189,11 +188,12 @@ def attack(
     smoothing : WassersteinSmoothing or LaplaceSmoothing, optional
         Attack this smoothed classifier (whose base network must be ``model``): gradients of the
         noise-averaged loss (options ``noise_samples``, default 128), success by its PREDICT
-        (options ``predict_n``, default 10000, and ``predict_alpha``, default 0.05).
+        (options ``predict_n``, default 10000, and ``predict_alpha``, default 0.05), reading for
+        image ``b`` the noise of data-set index ``indices[b]`` (option ``indices``, default ``0..B-1``).
     steps : int, optional
         Iterations (default: the method's preset).
     seed : int, optional
-        Seeds the gradient noise of a smoothed attack (``None``: a random seed).
+        Seed of the gradient noise of a smoothed attack (``None``: 0); unused otherwise.
     solver : {"network", "lp", "pot"}, optional
         Exact W1 solver (default ``"network"`` for L1 ground, ``"pot"`` for L2).
     **method_options

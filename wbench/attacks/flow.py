@@ -110,7 +110,7 @@ def run(
             break
         va, ha = v[act].requires_grad_(True), h[act].requires_grad_(True)
         m = mass[act]
-        loss, fooled = objective.loss(apply_flow_unchecked(x[act], va * m, ha * m), labels[act])
+        loss, fooled = objective.loss(apply_flow_unchecked(x[act], va * m, ha * m), labels[act], act)
         gv, gh = torch.autograd.grad(loss.sum(), (va, ha))
         with torch.no_grad():
             move = frozen_update(done, act, fooled)  # the fooled keep their current plan

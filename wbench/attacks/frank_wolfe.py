@@ -133,7 +133,7 @@ def run(
             break
         pa = pi[act].requires_grad_(True)
         adv = fold_columns(pa, (act.numel(), c, hgt, wid), ks) * mass[act]
-        loss, fooled = objective.loss(adv, labels[act])
+        loss, fooled = objective.loss(adv, labels[act], act)
         (g,) = torch.autograd.grad(loss.sum(), pa)
         with torch.no_grad():
             move = frozen_update(done, act, fooled)  # the fooled keep their current plan

@@ -248,7 +248,7 @@ def run(
         if act.numel() == 0:
             break
         xa = adv[act].requires_grad_(True)
-        loss, fooled = objective.loss(xa, labels[act])
+        loss, fooled = objective.loss(xa, labels[act], act)
         (grad,) = torch.autograd.grad(loss.sum(), xa)
         with torch.no_grad():
             move = frozen_update(done, act, fooled)  # the fooled keep their current iterate
