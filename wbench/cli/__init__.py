@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from wbench import __version__
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ("report", "verify", "train", "certify", "reproduce")
+SUBCOMMANDS = ("report", "verify", "train", "certify", "attack", "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:
