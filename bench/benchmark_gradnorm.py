@@ -32,11 +32,11 @@ class GradNormSuite:
         list(common.DEVICES),
     )
     param_names = ("impl", "shape", "radius", "batch", "device")
-    # One process per case; 10-50 samples of one call each, sampling stops after 1.5 s.
+    # One process per case; 5-50 samples of one call each, sampling stops after 1.5 s.
     rounds = 1
     number = 1
-    repeat = (10, 50, 1.5)
-    min_run_count = 10
+    repeat = (5, 50, 1.5)
+    min_run_count = 5
     warmup_time = 0.0  # the warm-up is in setup
     timeout = 60
 

@@ -32,11 +32,11 @@ class W1Suite:
         ["dense", "sparse"],
     )
     param_names = ("solver", "size", "histograms")
-    # One process per case; 10-50 solves timed one by one, sampling stops after 1.5 s.
+    # One process per case; 5-50 solves timed one by one, sampling stops after 1.5 s.
     rounds = 1
     number = 1
-    repeat = (10, 50, 1.5)
-    min_run_count = 10
+    repeat = (5, 50, 1.5)
+    min_run_count = 5
     warmup_time = 0.0  # the warm-up is in setup
     timeout = 60
 
@@ -55,8 +55,8 @@ class W1GroundSuite:
     param_names = ("ground", "size")
     rounds = 1
     number = 1
-    repeat = (10, 50, 1.5)
-    min_run_count = 10
+    repeat = (5, 50, 1.5)
+    min_run_count = 5
     warmup_time = 0.0  # the warm-up is in setup
     timeout = 60
 
