@@ -9,6 +9,8 @@ per sub-batch of ``batch`` samples (samples/s = batch / time); ``track_throughpu
 
 from __future__ import annotations
 
+import wbench.models  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
+import wbench.smoothing  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
 from bench import _common as common
 
 _SIGMA = {"mnist_wong": 0.01, "resnet20_softplus": 1e-4, "cifar_resnet18": 1e-4}

@@ -7,6 +7,8 @@ These are the per-sample costs that certification and noise training pay on top 
 
 from __future__ import annotations
 
+import wbench.flow  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
+import wbench.noise  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
 from bench import _common as common
 
 _SHAPES = {"28x28x1": (1, 28, 28), "32x32x3": (3, 32, 32)}

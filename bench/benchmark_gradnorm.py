@@ -8,6 +8,7 @@ measured function, not in ``setup``).
 
 from __future__ import annotations
 
+import wbench.gradnorm  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
 from bench import _common as common
 
 _SHAPES = {"28x28x1": (1, 28, 28), "32x32x3": (3, 32, 32)}

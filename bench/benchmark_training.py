@@ -8,6 +8,8 @@ step = forward, backward, SGD update on a fixed seeded batch.
 
 from __future__ import annotations
 
+import wbench.models  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
+import wbench.training  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
 from bench import _common as common
 
 _SHAPE = {"mnist_wong": (1, 28, 28), "cifar_resnet18": (3, 32, 32)}
@@ -50,11 +52,11 @@ class TrainStepSuite:
         list(common.DEVICES),
     )
     param_names = ("model", "mode", "batch", "device")
-    # One process per case; 5-15 steps timed one by one, sampling stops after 3 s.
+    # One process per case; 3-15 steps timed one by one, sampling stops after 3 s.
     rounds = 1
     number = 1
-    repeat = (5, 15, 3.0)
-    min_run_count = 5
+    repeat = (3, 15, 3.0)
+    min_run_count = 3
     warmup_time = 0.0  # the warm-up is in setup
     timeout = 120
 

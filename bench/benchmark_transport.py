@@ -9,6 +9,7 @@ in ``setup``, so the timings are per solve.
 
 from __future__ import annotations
 
+import wbench.transport  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
 from bench import _common as common
 
 
