@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from wbench.certification import certified_accuracy
+from wbench.certification import certified_accuracy, resolve_ground
 from wbench.certify_run import (
     CertifySettings,
     certify_dataset,
@@ -39,7 +39,7 @@ from wbench.certify_run import (
     row_arrays,
 )
 from wbench.options import Noise, parse_option
-from wbench.runio import atomic_write_json, atomic_write_text, environment_record
+from wbench.runio import atomic_write_json, atomic_write_text, environment_record, locked_output
 
 PAPER_SIGMAS: dict[str, tuple[float, ...]] = {
     "mnist": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
@@ -60,6 +60,9 @@ NOISE_LABEL = {"wasserstein": "Wasserstein", "laplace": "Laplace baseline"}
 class ReproduceConfig:
     """One reproduction run; ``None`` fields take the data set's defaults (see the module docstring).
 
+    ``ground=None`` takes the convention's: L1 for ``"cohen"``, L2 for ``"authors"``
+    (:func:`wbench.certification.resolve_ground`).
+
     ``checkpoints`` maps ``"noise:sigma"`` (e.g. ``"wasserstein:0.01"``) to an existing checkpoint,
     which is certified instead of training one.
     """
@@ -74,7 +77,7 @@ class ReproduceConfig:
     alpha: float = 0.05
     max_images: int | None = None
     skip: int = 1
-    ground: str = "l1"
+    ground: str | None = None
     convention: str = "cohen"
     seed: int = 0
     device: str = "auto"
@@ -94,7 +97,8 @@ class ReproduceConfig:
         sigmas = tuple(float(s) for s in (self.sigmas or PAPER_SIGMAS[self.dataset]))
         if not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas):
             raise ValueError(f"sigmas must be positive finite numbers, got {sigmas}")
-        out = ReproduceConfig(**{**asdict(self), "sigmas": sigmas, "noises": noises})
+        ground = resolve_ground(self.ground, self.convention).value
+        out = ReproduceConfig(**{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground})
         out.epochs = self.epochs if self.epochs is not None else d["epochs"]
         out.n0 = self.n0 if self.n0 is not None else d["n0"]
         out.n = self.n if self.n is not None else d["n"]
@@ -174,14 +178,24 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
     dict
         ``config``, ``radii``, ``runs`` (one summary per (noise, sigma)), ``table`` (Markdown),
         ``files`` (paths written) and ``environment``.
+
+    Raises
+    ------
+    ValueError
+        If another run holds ``config.out_dir`` (:func:`wbench.runio.locked_output`) or one of
+        the folders inside it, or the configuration is invalid.
     """
+    config = config.resolved()
+    with locked_output(config.out_dir):
+        return _reproduce_in_locked_folder(config, progress=progress)
+
+
+def _reproduce_in_locked_folder(config: ReproduceConfig, *, progress: bool) -> dict[str, Any]:
     from wbench.data import dataset_info, load_dataset
     from wbench.devices import resolve_device
     from wbench.models import load_model
 
-    config = config.resolved()
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     test_set = load_dataset(config.dataset, "test", root=config.data_root)
     indices = parse_indices(None, len(test_set), max_count=config.max_images, skip=config.skip)
