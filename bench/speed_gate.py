@@ -361,7 +361,7 @@ class GatePlugin:
         output_json["speed_gate"] = {
             "device": str(self.device),
             "torch_threads": self.threads,
-            "passed": len(ordered) == len(self.checks) and all(o.passed for o in ordered),
+            "passed": bool(ordered) and all(o.passed for o in ordered),
             "checks": [_json_safe(asdict(o)) for o in ordered],
         }
 
@@ -458,6 +458,7 @@ def main(
             atomic_write_json(args.json, record)
             print(f"speed gate: wrote {args.json}")
 
+    # Checks deselected with -- -k ... have no outcome; a check that raised has an ERROR one.
     outcomes = [plugin.outcomes[c.name] for c in checks if c.name in plugin.outcomes]
     print()
     print(
@@ -466,8 +467,8 @@ def main(
     )
     print(format_table(outcomes))
     passed = sum(o.passed for o in outcomes)
-    print(f"\n{passed}/{len(checks)} passed in {elapsed:.1f} s")
-    return 0 if status == 0 and passed == len(checks) else 1
+    print(f"\n{passed}/{len(outcomes)} passed in {elapsed:.1f} s")
+    return 0 if status == 0 and outcomes and passed == len(outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -208,3 +208,13 @@ def test_threads_flag_sets_torch_threads_and_is_recorded(tmp_path):
         torch.set_num_threads(before)
     with pytest.raises(SystemExit):
         gate.main(["--threads", "0"], checks=[check], clock=clock)
+
+
+def test_pytest_selection_gates_only_the_selected_checks(capsys):
+    clock = FakeClock()
+    fast = _check([9, 1.0, 1.0], [9, 1.0, 1.0], "<=", 1.25, clock, name="selected one")
+    slow = _check([9, 5.0, 5.0], [9, 1.0, 1.0], "<=", 1.25, clock, name="left out")
+    assert gate.main(["--", "-k", "selected"], checks=[fast, slow], clock=clock) == 0
+    assert "1/1 passed" in capsys.readouterr().out
+    assert clock.log == ["A", "B"] * 3  # the deselected check was never built or timed
+    assert gate.main(["--", "-k", "no-such-check"], checks=[fast, slow], clock=clock) == 1
