@@ -34,14 +34,14 @@ class FlowSamplingSuite:
         vars(self).update(common.per_process(key, lambda: self._make(batch, shape, device)))
 
     def _make(self, batch: int, shape: str, device_name: str) -> dict:
-        from wbench.flow import apply_flow, sample_laplace_flow
+        from wbench.flow import apply_flow
+        from wbench.noise import sample_laplace_flow
 
         device = self.device
         c, h, w = _SHAPES[shape]
         self.image_shape = (batch, c, h, w)
-        self.gen = common.generator(device)
         self.x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, device=device)
-        self.plan = sample_laplace_flow(self.image_shape, _SIGMA, generator=self.gen, device=device)
+        self.plan = sample_laplace_flow(self.image_shape, _SIGMA, seed=0, device=device)
         self._sample, self._apply = sample_laplace_flow, apply_flow
         # One call of each outside the timing: first-call allocations, thread-pool start.
         self.time_sample_laplace_flow(batch, shape, device_name)
@@ -49,7 +49,7 @@ class FlowSamplingSuite:
         return dict(vars(self))
 
     def time_sample_laplace_flow(self, batch, shape, device):
-        self._sample(self.image_shape, _SIGMA, generator=self.gen, device=self.device)
+        self._sample(self.image_shape, _SIGMA, seed=0, device=self.device)
         common.sync(self.device)
 
     def time_apply_flow(self, batch, shape, device):
@@ -85,7 +85,6 @@ class SmoothingNoiseSuite:
 
         c, h, w = _SHAPES[shape]
         self.x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, device=self.device)
-        self.gen = common.generator(self.device)
         self._perturb = perturb
         # One call of each outside the timing: first-call allocations, thread-pool start.
         self.time_perturb(batch, shape, noise, device_name)
@@ -93,10 +92,10 @@ class SmoothingNoiseSuite:
         return dict(vars(self))
 
     def time_perturb(self, batch, shape, noise, device):
-        self._perturb(self.x, _SIGMA, noise, generator=self.gen, check=False)
+        self._perturb(self.x, _SIGMA, noise, seed=0, index=0, check=False)
         common.sync(self.device)
 
     def time_perturb_checked(self, batch, shape, noise, device):
         # With the input validation (one device sync per batch), as a one-off caller would use it.
-        self._perturb(self.x, _SIGMA, noise, generator=self.gen)
+        self._perturb(self.x, _SIGMA, noise, seed=0, index=0)
         common.sync(self.device)

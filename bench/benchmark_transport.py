@@ -9,6 +9,9 @@ in ``setup``, so the timings are per solve.
 
 from __future__ import annotations
 
+import cvxpy  # noqa: F401  (wbench.transport imports the solvers lazily; preimported for asv's forkserver)
+import ot  # noqa: F401
+
 import wbench.transport  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
 from bench import _common as common
 

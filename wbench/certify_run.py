@@ -9,9 +9,9 @@ Layout of an output folder::
 
 Rerunning with the same settings skips the images already in ``certify.csv`` (a torn last
 line from a crash is dropped and that image redone). Rerunning with different settings
-raises ``ValueError`` instead of mixing two runs. Each image's noise comes from its own
-seed (the run seed and the image index), so results do not depend on which images ran
-before, on the sub-batch size (CPU) or on resuming.
+raises ``ValueError`` instead of mixing two runs. Each image's noise is the stream of the run
+seed and the image's data-set index (:mod:`wbench.noise_stream`), so results do not depend on
+which images ran before, on how the data set is split, on the sub-batch size or on resuming.
 """
 
 from __future__ import annotations
@@ -79,11 +79,6 @@ class CertifySettings:
         d = asdict(self)
         d.pop("batch_size")
         return d
-
-
-def image_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for one image, from the run seed and the image's data-set index."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def max_radius(settings: CertifySettings) -> float:
@@ -223,7 +218,7 @@ def _certify_in_locked_folder(
 
     cls = WassersteinSmoothing if settings.noise == Noise.WASSERSTEIN else LaplaceSmoothing
     smoothed = cls(
-        model, num_classes, settings.sigma, batch_size=settings.batch_size, device=device, generator=0
+        model, num_classes, settings.sigma, seed=settings.seed, batch_size=settings.batch_size, device=device
     )
     csv_path = out_dir / CSV_FILE
     indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
@@ -231,15 +226,20 @@ def _certify_in_locked_folder(
     todo = [i for i in indices if i not in done]
     per_image = settings.n0 + settings.n
     with CsvAppender(csv_path, CSV_FIELDS) as appender:
-        bar = tqdm(todo, desc=f"certify {settings.noise} sigma={settings.sigma:g}", disable=not progress)
+        bar = tqdm(
+            total=len(todo) * per_image,  # noise samples, so that one large image shows progress
+            desc=f"certify {settings.noise} sigma={settings.sigma:g} ({len(todo)} images)",
+            unit="sample",
+            unit_scale=True,
+            disable=not progress,
+        )
         samples, busy = 0, 0.0
-        for i in bar:
+        for i in todo:
             x, y = dataset[i]
-            smoothed.generator.manual_seed(image_seed(settings.seed, i))
             t0 = time.perf_counter()
             pred, p_lower, radius = smoothed.certify(
-                torch.as_tensor(x), settings.n0, settings.n, settings.alpha,
-                ground=settings.ground, convention=settings.convention,
+                torch.as_tensor(x), settings.n0, settings.n, settings.alpha, index=i,
+                ground=settings.ground, convention=settings.convention, progress=bar.update,
             )  # fmt: skip
             dt = time.perf_counter() - t0
             appender.append(
