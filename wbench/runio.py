@@ -11,9 +11,10 @@ import io
 import json
 import os
 import platform
+import re
+import secrets
 import socket
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
@@ -24,6 +25,9 @@ import torch
 
 LOCK_FILE = ".wbench.lock"
 """Name of the lock file :func:`locked_output` keeps inside an output folder."""
+
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[0-9a-z_]{8}\.tmp")
+"""Names of the temporary files of :func:`atomic_write_bytes`: ``.NAME.XXXXXXXX.tmp``."""
 
 _held: dict[Path, int] = {}  # folders this process has locked -> nesting depth
 _held_guard = threading.Lock()
@@ -50,6 +54,10 @@ def environment_record() -> dict[str, Any]:
         # which sampler drew CPU float32 noise: the streams differ, so a seed reproduces per build
         "cpu_noise_sampler": "fastnoise (compiled)" if fastnoise.available() else "torch",
     }
+
+
+class RunWarning(UserWarning):
+    """Something in an output folder was repaired or ignored; the message says what."""
 
 
 def _describe_holder(lock_path: Path) -> str:
@@ -122,6 +130,7 @@ def locked_output(out_dir: str | os.PathLike) -> Iterator[Path]:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": list(sys.orig_argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        remove_stale_temporaries(out)
         with _held_guard:
             _held[key] = 1
         try:
@@ -133,14 +142,53 @@ def locked_output(out_dir: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # closing the last descriptor releases the flock
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files that interrupted :func:`atomic_write_bytes` calls left in ``folder``.
+
+    Only call this while holding the folder's lock (:func:`locked_output` does), so that no
+    write in progress can lose its temporary file. Returns the names removed.
+    """
+    removed = []
+    for entry in os.scandir(folder):
+        if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(entry.name)
+    return sorted(removed)
+
+
+def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
+    """A new ``.NAME.XXXXXXXX.tmp`` in ``folder`` with mode ``0o666 & ~umask``, like any new file."""
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
-    A reader never sees a half-written file, and a crash leaves the old file intact.
+    A reader never sees a half-written file, and a crash leaves the old file intact (and a
+    ``.NAME.XXXXXXXX.tmp`` file, which the next run in that folder removes). The file's
+    permissions follow the umask, as for any newly created file.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is a folder, a part of its folder is a file, or the folder is not writable.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ValueError(f"cannot write {path}: a part of its folder is a file") from exc
+    try:
+        fd, tmp = _create_temporary(path.parent, path.name)
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -148,7 +196,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -180,21 +228,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 class CsvAppender:
     """Append rows to a CSV, flushing and fsyncing each, so an interrupted run loses nothing.
 
-    The header is written once; reopening an existing file checks it matches.
+    The header is written once; reopening an existing file checks it matches. A last line that
+    a crash left without its newline is dropped first, so a torn header is rewritten whole.
     """
 
     def __init__(self, path: str | os.PathLike, fieldnames: Sequence[str]):
         self.path = Path(path)
         self.fieldnames = list(fieldnames)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        exists = self.path.is_file() and self.path.stat().st_size > 0
-        if exists:
-            with open(self.path, newline="") as fh:
-                header = next(csv.reader(fh), None)
-            if header != self.fieldnames:
-                raise ValueError(f"{self.path} has columns {header}, expected {self.fieldnames}")
-            _truncate_partial_last_line(self.path)
-        self._fh = open(self.path, "a", newline="")
+        try:
+            if self.path.is_file():
+                _truncate_partial_last_line(self.path)
+            exists = self.path.is_file() and self.path.stat().st_size > 0
+            if exists:
+                with open(self.path, newline="") as fh:
+                    header = next(csv.reader(fh), None)
+                if header != self.fieldnames:
+                    raise ValueError(f"{self.path} has columns {header}, expected {self.fieldnames}")
+            self._fh = open(self.path, "a", newline="")
+        except OSError as exc:
+            raise ValueError(f"cannot append to {self.path}: {exc.strerror}") from exc
         self._writer = csv.DictWriter(self._fh, fieldnames=self.fieldnames)
         if not exists:
             self._writer.writeheader()
@@ -228,8 +281,16 @@ def _truncate_partial_last_line(path: Path) -> None:
             fh.truncate(cut)
 
 
-def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
-    """All complete rows of a CSV written by :class:`CsvAppender` (empty if absent)."""
+def read_csv_records(path: str | os.PathLike) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of every complete row of a CSV written by :class:`CsvAppender`.
+
+    The header is line 1. An absent file, or one holding only a torn header, has no rows.
+
+    Raises
+    ------
+    ValueError
+        For a row whose number of fields differs from the header's (naming the file and line).
+    """
     path = Path(path)
     if not path.is_file():
         return []
@@ -237,4 +298,19 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
         text = fh.read()
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text)))
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    records = []
+    for row in reader:
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path} line {reader.line_num} is garbled ({len(row)} fields, the header has "
+                f"{len(header)}): delete that line and rerun to redo it"
+            )
+        records.append((reader.line_num, dict(zip(header, row, strict=True))))
+    return records
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    """All complete rows of a CSV written by :class:`CsvAppender` (see :func:`read_csv_records`)."""
+    return [row for _, row in read_csv_records(path)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from wbench import __version__
@@ -42,11 +43,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except ValueError as exc:
-        print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"wbench {args.command}: warning: {_one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = one_line_warning
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, OSError) as exc:  # OSError: a disk that fills up, a file vanishing mid-run
+            print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+
+
+def _one_line(message: object) -> str:
+    """``message`` as one line: an error or warning is never split over several."""
+    return " ".join(str(message).split())
 
 
 if __name__ == "__main__":
