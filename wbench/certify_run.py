@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +33,14 @@ from torch import nn
 
 from wbench.certification import ABSTAIN, certified_accuracy, certified_radius
 from wbench.options import Convention, Ground, Noise, parse_option
-from wbench.runio import CsvAppender, atomic_write_json, environment_record, locked_output, read_csv_rows
+from wbench.runio import (
+    CsvAppender,
+    RunWarning,
+    atomic_write_json,
+    environment_record,
+    locked_output,
+    read_csv_records,
+)
 
 CSV_FIELDS = ("index", "label", "prediction", "p_lower", "radius", "correct", "seconds")
 RUN_FILE, CSV_FILE, SUMMARY_FILE, PLOT_FILE = (
@@ -136,17 +144,33 @@ def parse_indices(spec: str | None, size: int, *, max_count: int | None = None, 
 
 
 def _check_or_write_run(out_dir: Path, record: dict[str, Any]) -> None:
-    path = out_dir / RUN_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v}
-        if diff:
-            detail = "; ".join(f"{k}: existing {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+    path, csv_path = out_dir / RUN_FILE, out_dir / CSV_FILE
+    has_rows = csv_path.is_file() and csv_path.stat().st_size > 0
+    afresh = f"move {csv_path} away or use another --out folder to start afresh"
+    if not path.is_file():
+        if has_rows:
             raise ValueError(
-                f"{out_dir} holds a run with different settings ({detail}); use another --out folder"
+                f"{csv_path} exists but {path}, which records its settings, is missing, so its rows "
+                f"cannot be checked against this run; {afresh}"
             )
-    else:
         atomic_write_json(path, record)
+        return
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError(f"a JSON {type(old).__name__}, not an object")
+    except ValueError as exc:
+        if not has_rows:  # nothing was certified under it: record this run's settings
+            atomic_write_json(path, record)
+            return
+        reason = str(exc).splitlines()[0]
+        raise ValueError(f"{path} is not a settings record ({reason}); {afresh}") from exc
+    diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v}
+    if diff:
+        detail = "; ".join(f"{k}: existing {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{out_dir} holds a run with different settings ({detail}); use another --out folder"
+        )
 
 
 def _as_jsonable(obj: Any) -> Any:
@@ -223,7 +247,7 @@ def _certify_in_locked_folder(
     )
     csv_path = out_dir / CSV_FILE
     indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
-    done = {int(r["index"]) for r in read_csv_rows(csv_path)}
+    done = {int(r["index"]) for r in read_certify_rows(out_dir)}
     todo = [i for i in indices if i not in done]
     per_image = settings.n0 + settings.n
     with CsvAppender(csv_path, CSV_FIELDS) as appender:
@@ -255,11 +279,60 @@ def _certify_in_locked_folder(
     return write_summary(out_dir, settings, radii=radii, indices=indices, extra={"source": source or {}})
 
 
+_FIELD_TYPES = {"index": int, "label": int, "prediction": int, "p_lower": float, "radius": float,
+                "correct": int, "seconds": float}  # fmt: skip
+
+
+def _check_row(path: Path, line: int, row: dict[str, str]) -> None:
+    for name, kind in _FIELD_TYPES.items():
+        try:
+            kind(row[name])
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"{path} line {line} is garbled ({name} = {row.get(name)!r}): "
+                "delete that line and rerun to redo that image"
+            ) from None
+
+
+def _result(row: dict[str, str]) -> dict[str, str]:
+    """A row without its timing: what two runs of one image must agree on."""
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
 def read_certify_rows(
     out_dir: str | os.PathLike, indices: Iterable[int] | None = None
 ) -> list[dict[str, str]]:
-    """The rows of ``out_dir/certify.csv``, restricted to the images in ``indices`` when given."""
-    rows = read_csv_rows(Path(out_dir) / CSV_FILE)
+    """The rows of ``out_dir/certify.csv``, one per image, restricted to ``indices`` when given.
+
+    A row repeated for one image (equal but for ``seconds``) is counted once, with a
+    :class:`~wbench.runio.RunWarning` that says so.
+
+    Raises
+    ------
+    ValueError
+        For a garbled line, or two rows of one image that disagree (both name the file and line).
+    """
+    path = Path(out_dir) / CSV_FILE
+    first: dict[int, tuple[int, dict[str, str]]] = {}
+    duplicates = []
+    for line, row in read_csv_records(path):
+        _check_row(path, line, row)
+        index = int(row["index"])
+        if index not in first:
+            first[index] = (line, row)
+            continue
+        line0, row0 = first[index]
+        if _result(row) != _result(row0):
+            raise ValueError(
+                f"{path} lines {line0} and {line} give different results for image index {index}, "
+                "so the folder mixes two runs; delete the wrong line or start afresh in another --out folder"
+            )
+        duplicates.append(f"index {index} at line {line}")
+    if duplicates:
+        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        message = f"{path}: ignored {len(duplicates)} duplicate row(s): {', '.join(duplicates[:5])}{more}"
+        warnings.warn(message, RunWarning, stacklevel=2)
+    rows = [row for _, row in first.values()]
     if indices is None:
         return rows
     wanted = {int(i) for i in indices}
