@@ -227,6 +227,8 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
         _restore_rng(ckpt["rng"], generators)
         start_epoch, metrics = int(ckpt["epoch"]), list(ckpt["metrics"])
         seconds_before = float(sum(m["seconds"] for m in metrics))
+        # a kill between the checkpoint and the metrics replace leaves metrics.json one epoch behind
+        _write_metrics(metrics_path, ckpt["config"], metrics)
 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
@@ -366,6 +368,10 @@ def _save(
         "rng": _rng_state(generators),
     }
     atomic_torch_save(ckpt, ckpt_path)
-    atomic_write_json(
-        metrics_path, {"config": config.to_dict(), "epochs_completed": epoch, "metrics": metrics}
-    )
+    _write_metrics(metrics_path, ckpt["config"], metrics)
+
+
+def _write_metrics(metrics_path: Path, config: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    """``metrics.json``: the mirror of the checkpoint's config and per-epoch metrics."""
+    epochs = int(metrics[-1]["epoch"]) if metrics else 0
+    atomic_write_json(metrics_path, {"config": config, "epochs_completed": epochs, "metrics": metrics})
