@@ -38,6 +38,7 @@ from wbench.runio import (
     RunWarning,
     atomic_write_json,
     environment_record,
+    finite_or_none,
     locked_output,
     read_csv_records,
 )
@@ -97,8 +98,34 @@ def max_radius(settings: CertifySettings) -> float:
 
 
 def default_radius_grid(settings: CertifySettings, points: int = 11) -> np.ndarray:
-    """``points`` evenly spaced radii from 0 to :func:`max_radius`."""
-    return np.linspace(0.0, max_radius(settings), points)
+    """``points`` evenly spaced radii from 0 to just below :func:`max_radius`.
+
+    The last point is the largest three-significant-digit number strictly below the cap: an
+    image certified at the cap gets a radius that differs from it in the last bits (its
+    Clopper-Pearson bound is not computed as ``alpha**(1/n)``), so a grid point at the cap
+    itself would count it on one side or the other by rounding alone.
+    """
+    return np.linspace(0.0, round_below(max_radius(settings), 3), points)
+
+
+def round_below(r: float, digits: int) -> float:
+    """The largest number of ``digits`` significant digits strictly below ``r > 0``."""
+    scale = 10.0 ** (math.floor(math.log10(r)) - digits + 1)
+    return float(f"{(math.ceil(r / scale * (1 - 1e-9)) - 1) * scale:.{digits}g}")
+
+
+def check_radius_grid(radii: Sequence[float]) -> np.ndarray:
+    """``radii`` as a float64 array, or ``ValueError`` unless non-empty, finite and non-negative."""
+    try:
+        grid = np.asarray(radii, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"radii must be numbers, got {radii!r}") from exc
+    if grid.size == 0:
+        raise ValueError("radii: the radius grid is empty; give at least one radius >= 0")
+    bad = [float(r) for r in grid if not (math.isfinite(r) and r >= 0)]
+    if bad:
+        raise ValueError(f"radii must be finite and >= 0, got {', '.join(map(repr, bad))}")
+    return grid
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -113,7 +140,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 def parse_indices(spec: str | None, size: int, *, max_count: int | None = None, skip: int = 1) -> list[int]:
     """Indices from ``"3,5,9"``, ``"start:stop[:step]"`` or all; every ``skip``-th, at most ``max_count``.
 
-    Raises ``ValueError`` on malformed specs or indices outside ``[0, size)``.
+    Raises ``ValueError`` on malformed specs, indices outside ``[0, size)``, a selection with
+    no images, ``skip < 1`` or ``max_count < 1``.
     """
     if skip < 1:
         raise ValueError(f"--skip must be >= 1, got {skip}")
@@ -135,10 +163,12 @@ def parse_indices(spec: str | None, size: int, *, max_count: int | None = None, 
     bad = [i for i in idx if not 0 <= i < size]
     if bad:
         raise ValueError(f"indices {bad[:5]} out of range for a split of {size} images")
+    if not idx:
+        raise ValueError(f"--indices {spec!r} selects no images (a range start:stop needs start < stop)")
     idx = idx[::skip]
     if max_count is not None:
-        if max_count < 0:
-            raise ValueError(f"--max must be >= 0, got {max_count}")
+        if max_count < 1:
+            raise ValueError(f"--max must be >= 1, got {max_count}")
         idx = idx[:max_count]
     return idx
 
@@ -213,6 +243,11 @@ def certify_dataset(
         If another run holds ``out_dir`` (:func:`wbench.runio.locked_output`), or it holds
         rows of other settings.
     """
+    indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
+    if not indices:
+        raise ValueError("no images to certify: the index selection is empty")
+    if radii is not None:
+        radii = check_radius_grid(radii)
     with locked_output(out_dir):
         return _certify_in_locked_folder(
             model, dataset, indices, settings, out_dir, num_classes=num_classes, device=device,
@@ -246,7 +281,6 @@ def _certify_in_locked_folder(
         model, num_classes, settings.sigma, batch_size=settings.batch_size, device=device, generator=0
     )
     csv_path = out_dir / CSV_FILE
-    indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
     done = {int(r["index"]) for r in read_certify_rows(out_dir)}
     todo = [i for i in indices if i not in done]
     per_image = settings.n0 + settings.n
@@ -359,21 +393,25 @@ def fine_radius_grid(*radii: np.ndarray | Sequence[float]) -> np.ndarray:
 
 
 def summarize_rows(rows: Sequence[dict[str, str]], settings: CertifySettings, radii: Sequence[float]) -> dict:
-    """Certified accuracy on ``radii``, mean certified radius, clean accuracy, abstentions, throughput."""
+    """Certified accuracy on ``radii``, mean certified radius, clean accuracy, abstentions, throughput.
+
+    Values that do not exist (accuracies of zero images, throughput of zero seconds) are ``None``.
+    """
     pred, correct, radius = row_arrays(rows)
     seconds = float(sum(float(r["seconds"]) for r in rows))
     acc = certified_accuracy(radius, correct, pred, radii)
     certified = correct & (pred != ABSTAIN)
     n_img = len(rows)
+    # None (JSON null) where there is no value: no images, or no measurable time
     return {
         "images": n_img,
         "radii": [float(r) for r in radii],
-        "certified_accuracy": [float(a) for a in acc],
-        "clean_smoothed_accuracy": float(certified.mean()) if n_img else float("nan"),
-        "mean_certified_radius": float(np.where(certified, radius, 0.0).mean()) if n_img else float("nan"),
+        "certified_accuracy": [finite_or_none(a) for a in acc],
+        "clean_smoothed_accuracy": float(certified.mean()) if n_img else None,
+        "mean_certified_radius": float(np.where(certified, radius, 0.0).mean()) if n_img else None,
         "abstentions": int((pred == ABSTAIN).sum()),
         "seconds": seconds,
-        "noise_samples_per_s": (settings.n0 + settings.n) * n_img / seconds if seconds > 0 else float("nan"),
+        "noise_samples_per_s": (settings.n0 + settings.n) * n_img / seconds if seconds > 0 else None,
     }
 
 
@@ -387,6 +425,8 @@ def write_summary(
 ) -> dict[str, Any]:
     """Summarise ``certify.csv`` into ``summary.json`` (atomic) and ``certified_accuracy.png``.
 
+    The summary records ``max_certifiable_radius`` (:func:`max_radius`), and the plot marks it.
+
     ``indices`` restricts the summary to those images (default: every row of the CSV), so a
     rerun that asks for fewer images than the folder holds reports only the ones it asked for.
     """
@@ -394,10 +434,12 @@ def write_summary(
 
     out_dir = Path(out_dir)
     rows = read_certify_rows(out_dir, indices)
-    radii = default_radius_grid(settings) if radii is None else np.asarray(radii, dtype=np.float64)
+    radii = default_radius_grid(settings) if radii is None else check_radius_grid(radii)
     summary = summarize_rows(rows, settings, radii)
+    cap = max_radius(settings)
     summary.update(
         {
+            "max_certifiable_radius": cap,
             "settings": asdict(settings),
             "seed": settings.seed,
             "environment": environment_record(),
@@ -414,5 +456,6 @@ def write_summary(
         out_dir / PLOT_FILE,
         title=f"{summary['images']} images, n0={settings.n0}, n={settings.n}, alpha={settings.alpha}",
         xlabel=f"certified W1 radius ({settings.ground} ground metric, normalised mass)",
+        caps={label: cap},
     )
     return summary

@@ -9,6 +9,7 @@ import csv
 import fcntl
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -21,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 LOCK_FILE = ".wbench.lock"
@@ -205,9 +207,47 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _first_non_finite(obj: Any, where: str = "") -> str | None:
+    """The key path (e.g. ``['runs'][1]['x']``) of the first NaN or infinity in ``obj``, if any."""
+    if isinstance(obj, float | np.floating):
+        return None if math.isfinite(obj) else where or "the value"
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}[{key!r}]")
+        if found:
+            return found
+    return None
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``float(value)``, or ``None`` where there is no finite value (strict JSON has no NaN)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomic, pretty-printed JSON write."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Atomic, pretty-printed, strict JSON write (no ``NaN`` or ``Infinity`` tokens).
+
+    Raises
+    ------
+    ValueError
+        If ``obj`` holds a non-finite float (the message names its key); write ``None``
+        (JSON ``null``) where there is no value.
+    """
+    where = _first_non_finite(obj)
+    if where is not None:
+        raise ValueError(f"refusing to write {path}: {where} is not finite (strict JSON)")
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    """NumPy scalars as their Python values; anything else (paths, devices) as its text."""
+    return obj.item() if isinstance(obj, np.generic) else str(obj)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
