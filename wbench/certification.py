@@ -44,7 +44,8 @@ def _check_p(p: np.ndarray) -> None:
     if not np.isfinite(p).all():
         raise ValueError("p_lower contains NaN or inf")
     if ((p < 0) | (p > 1)).any():
-        raise ValueError(f"p_lower must lie in [0, 1]; got values from {p.min()!r} to {p.max()!r}")
+        lo, hi = float(p.min()), float(p.max())
+        raise ValueError(f"p_lower must lie in [0, 1]; got values from {lo!r} to {hi!r}")
 
 
 def _log_odds_radius(p: np.ndarray, sigma: float) -> np.ndarray:
