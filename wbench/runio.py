@@ -11,12 +11,14 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import re
 import secrets
 import socket
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -257,12 +259,45 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from pickles)."""
+    """Load a checkpoint dict with ``weights_only=True`` (no arbitrary code from pickles).
+
+    Raises
+    ------
+    ValueError
+        One line naming the file and what is wrong with it: absent, a folder, empty, not a
+        ``torch.save`` archive (truncated, random bytes, text, a zip without data), an object
+        that safe loading refuses, or something other than a dict.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a file; give the checkpoint.pt inside it")
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (an interrupted copy?)")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _REFUSED_GLOBAL.search(str(exc))
+        if found is None:  # not a pickle of allowed types at all: random bytes, a foreign format
+            raise ValueError(
+                f"checkpoint {path} is not a readable torch.save file (no valid pickle data)"
+            ) from None
+        raise ValueError(
+            f"checkpoint {path} holds a {found.group(1)} object, which safe loading (weights_only=True) "
+            "refuses; wbench reads checkpoints of tensors and plain containers, as `wbench train` writes"
+        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile):
+        raise ValueError(
+            f"checkpoint {path} is not a readable torch.save file (truncated, damaged or another format)"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
 
 
 class CsvAppender:

@@ -136,7 +136,15 @@ def _restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) 
         g.set_state(state[name])
 
 
+_RESUME_KEYS = ("config", "state_dict", "optimizer", "scheduler", "rng", "epoch", "metrics", "device_type")
+
+
 def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, device: torch.device, path: Path) -> None:
+    missing = [k for k in _RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"cannot resume {path}: it is not a `wbench train` checkpoint (missing {', '.join(missing)})"
+        )
     saved = dict(ckpt["config"])
     now = config.to_dict()
     diff = sorted(
