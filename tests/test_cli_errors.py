@@ -298,7 +298,7 @@ def test_absurd_certify_options(work, good, capsys, extra, needle):
         (["--lr", "nan"], "lr"),
         (["--batch-size", "0"], "batch_size"),
         (["--sigma", "-1", "--noise", "laplace"], "sigma"),
-        (["--noise", "gauss"], "noise"),
+        (["--noise", "gauss"], "unknown noise 'gauss'; expected one of 'none', 'wasserstein', 'laplace'"),
     ],
 )
 def test_absurd_train_options(work, extra, needle):

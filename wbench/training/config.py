@@ -30,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from wbench.options import Noise, parse_option
+from wbench.options import Noise
 
 PENALTIES = ("none", "euclidean", "wasserstein")
 NOISES = ("none", *(n.value for n in Noise))
@@ -195,8 +195,8 @@ class TrainConfig:
             _check_int("milestone", m, minimum=1)
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ValueError(f"milestones must be strictly increasing; got {list(self.milestones)}")
-        if self.noise != "none":
-            self.noise = parse_option(Noise, self.noise, "noise").value
+        if isinstance(self.noise, str):
+            self.noise = str(self.noise).lower()  # a Noise member becomes its plain value
         if self.noise not in NOISES:
             raise ValueError(f"unknown noise {self.noise!r}; expected one of {', '.join(map(repr, NOISES))}")
         if self.noise == "none":
