@@ -9,9 +9,9 @@ Layout of an output folder::
 
 Rerunning with the same settings skips the images already in ``certify.csv`` (a torn last
 line from a crash is dropped and that image redone). Rerunning with different settings
-raises ``ValueError`` instead of mixing two runs. Each image's noise comes from its own
-seed (the run seed and the image index), so results do not depend on which images ran
-before, on the sub-batch size (CPU) or on resuming.
+raises ``ValueError`` instead of mixing two runs. Each image's noise is the stream of the run
+seed and the image's data-set index (:mod:`wbench.noise_stream`), so results do not depend on
+which images ran before, on how the data set is split, on the sub-batch size or on resuming.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from wbench.certification import ABSTAIN, certified_accuracy, certified_radius
-from wbench.options import Convention, Ground, Noise, parse_option
+from wbench.certification import ABSTAIN, certified_accuracy, certified_radius, resolve_ground
+from wbench.options import Convention, Noise, parse_option
 from wbench.runio import (
     CsvAppender,
     RunWarning,
@@ -54,22 +54,26 @@ RUN_FILE, CSV_FILE, SUMMARY_FILE, PLOT_FILE = (
 
 @dataclass(frozen=True)
 class CertifySettings:
-    """Everything that determines a certificate (``batch_size`` and the device do not, on the CPU)."""
+    """Everything that determines a certificate (``batch_size`` and the device do not, on the CPU).
+
+    ``ground=None`` takes the convention's ground metric (:func:`wbench.certification.resolve_ground`):
+    L1 for ``"cohen"``, L2 for ``"authors"``, whose released code reports L2-ground radii.
+    """
 
     sigma: float
     noise: str = "wasserstein"
     n0: int = 1000
     n: int = 10000
     alpha: float = 0.05
-    ground: str = "l1"
+    ground: str | None = None
     convention: str = "cohen"
     seed: int = 0
     batch_size: int = 1000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise", parse_option(Noise, self.noise, "noise").value)
-        object.__setattr__(self, "ground", parse_option(Ground, self.ground, "ground").value)
         object.__setattr__(self, "convention", parse_option(Convention, self.convention, "convention").value)
+        object.__setattr__(self, "ground", resolve_ground(self.ground, self.convention).value)
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive finite number, got {self.sigma!r}")
         for name in ("n0", "n", "batch_size"):
@@ -86,11 +90,6 @@ class CertifySettings:
         d = asdict(self)
         d.pop("batch_size")
         return d
-
-
-def image_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for one image, from the run seed and the image's data-set index."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def max_radius(settings: CertifySettings) -> float:
@@ -280,22 +279,27 @@ def _certify_in_locked_folder(
 
     cls = WassersteinSmoothing if settings.noise == Noise.WASSERSTEIN else LaplaceSmoothing
     smoothed = cls(
-        model, num_classes, settings.sigma, batch_size=settings.batch_size, device=device, generator=0
+        model, num_classes, settings.sigma, seed=settings.seed, batch_size=settings.batch_size, device=device
     )
     csv_path = out_dir / CSV_FILE
     done = {int(r["index"]) for r in read_certify_rows(out_dir)}
     todo = [i for i in indices if i not in done]
     per_image = settings.n0 + settings.n
     with CsvAppender(csv_path, CSV_FIELDS) as appender:
-        bar = tqdm(todo, desc=f"certify {settings.noise} sigma={settings.sigma:g}", disable=not progress)
+        bar = tqdm(
+            total=len(todo) * per_image,  # noise samples, so that one large image shows progress
+            desc=f"certify {settings.noise} sigma={settings.sigma:g} ({len(todo)} images)",
+            unit="sample",
+            unit_scale=True,
+            disable=not progress,
+        )
         samples, busy = 0, 0.0
-        for i in bar:
+        for i in todo:
             x, y = dataset[i]
-            smoothed.generator.manual_seed(image_seed(settings.seed, i))
             t0 = time.perf_counter()
             pred, p_lower, radius = smoothed.certify(
-                torch.as_tensor(x), settings.n0, settings.n, settings.alpha,
-                ground=settings.ground, convention=settings.convention,
+                torch.as_tensor(x), settings.n0, settings.n, settings.alpha, index=i,
+                ground=settings.ground, convention=settings.convention, progress=bar.update,
             )  # fmt: skip
             dt = time.perf_counter() - t0
             appender.append(

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from wbench.certification import certified_accuracy
+from wbench.certification import certified_accuracy, resolve_ground
 from wbench.certify_run import (
     CertifySettings,
     certify_dataset,
@@ -62,6 +62,9 @@ NOISE_LABEL = {"wasserstein": "Wasserstein", "laplace": "Laplace baseline"}
 class ReproduceConfig:
     """One reproduction run; ``None`` fields take the data set's defaults (see the module docstring).
 
+    ``ground=None`` takes the convention's: L1 for ``"cohen"``, L2 for ``"authors"``
+    (:func:`wbench.certification.resolve_ground`).
+
     ``checkpoints`` maps ``"noise:sigma"`` (e.g. ``"wasserstein:0.01"``) to an existing checkpoint,
     which is certified instead of training one.
     """
@@ -76,7 +79,7 @@ class ReproduceConfig:
     alpha: float = 0.05
     max_images: int | None = None
     skip: int = 1
-    ground: str = "l1"
+    ground: str | None = None
     convention: str = "cohen"
     seed: int = 0
     device: str = "auto"
@@ -99,7 +102,10 @@ class ReproduceConfig:
         radii = None if self.radii is None else tuple(float(r) for r in check_radius_grid(self.radii))
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"--max must be >= 1, got {self.max_images}")
-        out = ReproduceConfig(**{**asdict(self), "sigmas": sigmas, "noises": noises, "radii": radii})
+        ground = resolve_ground(self.ground, self.convention).value
+        out = ReproduceConfig(
+            **{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground, "radii": radii}
+        )
         out.epochs = self.epochs if self.epochs is not None else d["epochs"]
         out.n0 = self.n0 if self.n0 is not None else d["n0"]
         out.n = self.n if self.n is not None else d["n"]

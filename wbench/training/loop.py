@@ -8,10 +8,12 @@ uninterrupted run (on the CPU; cuDNN kernels may be non-deterministic on CUDA).
 ``<out_dir>/metrics.json`` mirrors the metrics.
 
 Random streams, all derived from ``config.seed``: model initialisation (the global
-torch RNG), the shuffling order of each epoch, augmentation and training noise
-(generators on the training device, saved in the checkpoint), and the noise of the
-noisy test accuracy of each epoch (derived per epoch, so evaluation never perturbs
-training).
+torch RNG), the shuffling order of each epoch, augmentation (a generator on the training
+device, saved in the checkpoint), and the smoothing noise of :mod:`wbench.noise_stream`:
+training noise keyed by the global step (row ``r`` of a batch takes copy ``r``), the noisy
+test accuracy keyed by the epoch (test image ``t`` takes copy ``t``), so noise never depends
+on the device, the build or on how a run was interrupted, and evaluation never perturbs
+training.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from wbench.data import ImageTensorDataset, dataset_info, load_dataset
 from wbench.devices import resolve_device
 from wbench.models import build_model
 from wbench.noise import perturb
+from wbench.noise_stream import Tag
 from wbench.runio import (
     atomic_torch_save,
     atomic_write_json,
@@ -44,7 +47,7 @@ METRICS_NAME = "metrics.json"
 # Config fields that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "num_workers", "data_root", "download", "eval_batch_size")
 
-_STREAMS = {"noise": 1, "augment": 2, "shuffle": 3, "eval_noise": 4}
+_STREAMS = {"augment": 2, "shuffle": 3}
 
 
 def derive_seed(seed: int, stream: str, epoch: int = 0) -> int:
@@ -99,23 +102,21 @@ def evaluate(
     config: TrainConfig,
     device: torch.device,
     *,
-    noise_generator: torch.Generator | None = None,
+    noise_epoch: int | None = None,
 ) -> float:
-    """Accuracy on ``dataset``: clean, or under one noise draw per image when a generator is given."""
+    """Accuracy on ``dataset``: clean, or under one noise draw per image (keyed by ``noise_epoch``)."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    first = 0
     for xb, yb in _loader(dataset, _batches(len(dataset), config.eval_batch_size, None), config, device):
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True)
-        if noise_generator is not None:
+        if noise_epoch is not None:
             xb = perturb(
-                xb,
-                config.sigma,
-                config.noise,
-                generator=noise_generator,
-                shared_across_batch=False,
-                check=False,
-            )
+                xb, config.sigma, config.noise, seed=config.seed, index=noise_epoch,
+                first_copy=first, tag=Tag.EVALUATION, check=False,
+            )  # fmt: skip
+        first += int(yb.shape[0])
         correct += (model(xb).argmax(dim=1) == yb).sum()
     return int(correct) / len(dataset)
 
@@ -155,7 +156,7 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, device: torch.de
         raise ValueError(f"cannot resume {path}: the config differs ({details})")
     if ckpt["device_type"] != device.type:
         raise ValueError(
-            f"cannot resume {path}: it was trained on {ckpt['device_type']!r} and its noise generator "
+            f"cannot resume {path}: it was trained on {ckpt['device_type']!r} and its augmentation generator "
             f"state cannot move to {device.type!r}; pass --device {ckpt['device_type']}"
         )
 
@@ -221,7 +222,6 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=config.gamma)
     generators = {
-        "noise": torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise")),
         "augment": torch.Generator(device=device).manual_seed(derive_seed(config.seed, "augment")),
     }
 
@@ -242,7 +242,8 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
         t0 = time.perf_counter()
         model.train()
         shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "shuffle", epoch))
-        loader = _loader(train_set, _batches(len(train_set), config.batch_size, shuffle), config, device)
+        batches = _batches(len(train_set), config.batch_size, shuffle)
+        loader = _loader(train_set, batches, config, device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
@@ -259,7 +260,8 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
                 yb,
                 noise=config.noise,
                 sigma=config.sigma,
-                generator=generators["noise"],
+                seed=config.seed,
+                step=epoch * len(batches) + step,
                 shared_noise=config.shared_noise,
                 check_input=(step == 0),
                 penalty=config.penalty,
@@ -282,8 +284,7 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
         test_acc = evaluate(model, test_set, config, device)
         noisy_acc = None
         if config.noise != "none":
-            g_eval = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "eval_noise", epoch))
-            noisy_acc = evaluate(model, test_set, config, device, noise_generator=g_eval)
+            noisy_acc = evaluate(model, test_set, config, device, noise_epoch=epoch)
         metrics.append(
             {
                 "epoch": epoch + 1,
