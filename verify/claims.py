@@ -42,7 +42,7 @@ class ClaimRecord:
     """What one claim accumulated over a run."""
 
     paper: str = DEFAULT_PAPER
-    measures: set[str] = field(default_factory=set)
+    measure_at_worst: str = "abs"
     cases: int = 0
     worst_error: float = 0.0
     tolerance_at_worst: float = 0.0
@@ -60,7 +60,6 @@ class ClaimLedger:
 
     def _record(self, claim: str, error: float, tolerance: float, measure: str) -> ClaimRecord:
         rec = self.records.setdefault(claim, ClaimRecord(paper=paper_of(self.current_test)))
-        rec.measures.add(measure)
         rec.cases += 1
         rec.tests.add(self.current_test)
         ratio = (
@@ -72,6 +71,7 @@ class ClaimLedger:
         )
         if ratio > rec.worst_ratio:
             rec.worst_ratio, rec.worst_error, rec.tolerance_at_worst = ratio, error, tolerance
+            rec.measure_at_worst = measure
         return rec
 
     def close(self, claim: str, actual, expected, *, rtol: float, atol: float = 0.0, case: str = "") -> float:

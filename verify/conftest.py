@@ -31,7 +31,7 @@ def format_claims_table(ledger: ClaimLedger) -> list[str]:
     for name in sorted(ledger.records, key=lambda n: (ledger.records[n].paper, n)):
         rec = ledger.records[name]
         status = "FAIL" if rec.failed_tests else "PASS"
-        compared = " / ".join(MEASURES[m] for m in sorted(rec.measures))
+        compared = MEASURES[rec.measure_at_worst]  # what the worst error (the row's figure) measures
         rows.append((rec.paper, name, str(rec.cases), compared, f"{rec.worst_error:.3e}",
                      f"{rec.tolerance_at_worst:.3e}", status))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
