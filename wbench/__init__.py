@@ -21,15 +21,13 @@ References
 
 __version__ = "0.1.0"
 
+from wbench.attacks import AttackResult, attack
 from wbench.certification import certified_radius
 from wbench.data import load_dataset
 from wbench.flow import FlowPlan, apply_flow
 from wbench.gradnorm import wasserstein_grad_norm_sq
 from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
 from wbench.transport import optimal_flow_plan, w1
-
-# wbench.attack and AttackResult (DESIGN.md's public API) join these imports, __all__ and
-# README.md's list when the attack module lands.
 
 __all__ = [
     "FlowPlan",
@@ -41,5 +39,7 @@ __all__ = [
     "load_dataset",
     "WassersteinSmoothing",
     "LaplaceSmoothing",
+    "attack",
+    "AttackResult",
     "__version__",
 ]

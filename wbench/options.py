@@ -83,6 +83,19 @@ class GradNormImpl(StrEnum):
     EDGES = "edges"
 
 
+class AttackMethod(StrEnum):
+    """Wasserstein attack (:func:`wbench.attack`).
+
+    ``flow``: projected gradient ascent over local flow plans (Lemma 1 of Levine & Feizi);
+    ``sinkhorn``: Wong et al.'s projected Sinkhorn PGD (2019); ``frank_wolfe``: Wu, Wang & Yu's
+    Frank-Wolfe with the dual linear minimisation oracle (ICML 2020).
+    """
+
+    FLOW = "flow"
+    SINKHORN = "sinkhorn"
+    FRANK_WOLFE = "frank_wolfe"
+
+
 class Convention(StrEnum):
     """Certification convention.
 

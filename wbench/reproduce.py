@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from wbench import distributed as dist
 from wbench.certification import certified_accuracy, resolve_ground
 from wbench.certify_run import (
     CertifySettings,
@@ -41,7 +42,7 @@ from wbench.certify_run import (
     row_arrays,
 )
 from wbench.options import Noise, parse_option
-from wbench.runio import atomic_write_json, atomic_write_text, environment_record, locked_output
+from wbench.runio import atomic_write_json, atomic_write_text, environment_record
 
 PAPER_SIGMAS: dict[str, tuple[float, ...]] = {
     "mnist": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
@@ -191,17 +192,17 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
         the folders inside it, or the configuration is invalid.
     """
     config = config.resolved()
-    with locked_output(config.out_dir):
+    dist.agree("reproduction settings", asdict(config))
+    with dist.output_lock(config.out_dir):
         return _reproduce_in_locked_folder(config, progress=progress)
 
 
 def _reproduce_in_locked_folder(config: ReproduceConfig, *, progress: bool) -> dict[str, Any]:
     from wbench.data import dataset_info, load_dataset
-    from wbench.devices import resolve_device
     from wbench.models import load_model
 
     out = Path(config.out_dir)
-    device = resolve_device(config.device)
+    device = dist.local_device(config.device)
     test_set = load_dataset(config.dataset, "test", root=config.data_root)
     indices = parse_indices(None, len(test_set), max_count=config.max_images, skip=config.skip)
     num_classes = int(dataset_info(config.dataset)["num_classes"])
@@ -233,15 +234,6 @@ def _reproduce_in_locked_folder(config: ReproduceConfig, *, progress: bool) -> d
     table = format_results_table(runs, radii)
     files = {"table": str(out / "results.md"), "plot": str(out / "certified_accuracy.png"),
              "json": str(out / "reproduce.json")}  # fmt: skip
-    atomic_write_text(files["table"], table + "\n")
-    plot_runs(
-        runs,
-        files["plot"],
-        title=f"{config.dataset}: {len(indices)} test images, n0={config.n0}, n={config.n}, "
-        f"alpha={config.alpha}",
-        indices=indices,
-        xlabel=f"certified W1 radius ({config.ground} ground metric, normalised mass)",
-    )
     result = {
         "config": asdict(config),
         "radii": [float(r) for r in radii],
@@ -252,8 +244,23 @@ def _reproduce_in_locked_folder(config: ReproduceConfig, *, progress: bool) -> d
         "files": files,
         "environment": environment_record(),
     }
-    atomic_write_json(files["json"], result)
+    dist.on_main(_write_results, result, config, indices)
     return result
+
+
+def _write_results(result: dict[str, Any], config: ReproduceConfig, indices: Sequence[int]) -> None:
+    """The Markdown table, the plot of every run and ``reproduce.json`` (rank 0 under torchrun)."""
+    files = result["files"]
+    atomic_write_text(files["table"], result["table"] + "\n")
+    plot_runs(
+        result["runs"],
+        files["plot"],
+        title=f"{config.dataset}: {len(indices)} test images, n0={config.n0}, n={config.n}, "
+        f"alpha={config.alpha}",
+        indices=indices,
+        xlabel=f"certified W1 radius ({config.ground} ground metric, normalised mass)",
+    )
+    atomic_write_json(files["json"], result)
 
 
 _SUMMARY_KEYS = (

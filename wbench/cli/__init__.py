@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from wbench import __version__
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ("report", "verify", "train", "certify", "reproduce")
+SUBCOMMANDS = ("report", "verify", "train", "certify", "attack", "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    import torch.distributed
+
+    from wbench import distributed
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"wbench {args.command}: warning: {_one_line(message)}", file=sys.stderr)
@@ -51,10 +55,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = one_line_warning
         try:
-            return int(args.func(args) or 0)
+            if distributed.launched() and not getattr(args, "distributed", False):
+                raise ValueError("this command runs in one process; start it without torchrun")
+            with distributed.process_group():
+                return int(args.func(args) or 0)
         except (ValueError, OSError) as exc:  # OSError: a disk that fills up, a file vanishing mid-run
             print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
+        except distributed.RanksLostError as exc:
+            print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        except torch.distributed.DistError as exc:  # raised inside torch (DDP, rendezvous): same cause
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            rank = os.environ.get("RANK", "?")
+            message = f"wbench {args.command}: error: rank {rank} lost the other ranks: {reason}"
+            print(message, file=sys.stderr)
+            return 1
 
 
 def _one_line(message: object) -> str:

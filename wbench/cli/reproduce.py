@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="For each sigma, train a model with matching noise (or take --checkpoint), certify a "
         "test subset with both noises and tabulate certified accuracy vs W1 radius. Resumable. Digits "
         "defaults run in minutes on a CPU; MNIST/CIFAR-10 default to the paper's sigma grid and "
-        "n0=1000, n=10000, alpha=0.05.",
+        "n0=1000, n=10000, alpha=0.05. Under torchrun, training uses DistributedDataParallel and the ranks "
+        "share the test images; use the full flag names there (--num-samples, --max-images).",
     )
     p.add_argument("--dataset", default="digits", help="digits | mnist | cifar10 (default digits)")
     p.add_argument("--out", required=True, help="output folder (rerun to resume)")
@@ -29,10 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--noises", default="wasserstein,laplace", help="comma-separated noises (default both)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: per data set)")
     p.add_argument("--n0", type=int, default=None, help="selection samples (digits 100, else 1000)")
-    p.add_argument("--n", type=int, default=None, help="estimation samples (digits 1000, else 10000)")
+    p.add_argument(
+        "--num-samples", "--n", type=int, default=None, dest="n",
+        help="estimation samples n (digits 1000, else 10000)",
+    )  # fmt: skip
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument(
-        "--max", type=int, default=None, dest="max_images", help="test images (digits 100, else all)"
+        "--max-images",
+        "--max",
+        type=int,
+        default=None,
+        dest="max_images",
+        help="test images (digits 100, else all)",
     )
     p.add_argument("--skip", type=int, default=1, help="take every SKIP-th test image")
     p.add_argument("--ground", default=None, help="l1 | l2 (default: l1, or l2 with --convention authors)")
@@ -50,10 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="use an existing checkpoint for one (noise, sigma), e.g. wasserstein:0.01=runs/w/checkpoint.pt",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from wbench.distributed import is_main
     from wbench.reproduce import ReproduceConfig, reproduce
 
     checkpoints = {}
@@ -70,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch, data_root=args.data_root, radii=args.radii, checkpoints=checkpoints,
     )  # fmt: skip
     result = reproduce(config, progress=not args.no_progress)
+    if not is_main():
+        return 0  # rank 0 reports the launch
     print(result["table"])
     print(f"radii: {result['radius_units']}; {result['images']} test images")
     for name, path in result["files"].items():

@@ -33,6 +33,7 @@ def train_step(
     sigma: float | None = None,
     seed: int = 0,
     step: int = 0,
+    first_copy: int = 0,
     shared_noise: bool = False,
     check_input: bool = False,
     penalty: TrainingPenalty | str = TrainingPenalty.NONE,
@@ -48,8 +49,9 @@ def train_step(
     x, y : torch.Tensor
         Images ``(B, C, H, W)`` in pixel/mass space and labels ``(B,)``, on the model's device.
     noise : {"none", "wasserstein", "laplace"}
-        Smoothing noise of std ``sigma``: row ``r`` of the batch takes copy ``r`` of the stream
-        ``(seed, step)`` (:func:`wbench.noise.perturb`; one draw for the batch if ``shared_noise``).
+        Smoothing noise of std ``sigma``: row ``r`` of the batch takes copy ``first_copy + r`` of
+        the stream ``(seed, step)`` (:func:`wbench.noise.perturb`; one draw for the batch if
+        ``shared_noise``). A data-parallel rank ``q`` with local batch ``B`` passes ``q * B``.
         ``check_input`` validates ``x`` (a device sync: first batch only).
     penalty : {"none", "euclidean", "wasserstein"}
         Gradient-norm penalty with strength ``eta`` and graph ``radius``.
@@ -64,8 +66,9 @@ def train_step(
     penalty = parse_option(TrainingPenalty, penalty, "penalty")
     if noise is not TrainingNoise.NONE:
         x = perturb(
-            x, sigma, Noise(noise), seed=seed, index=step, shared_across_batch=shared_noise, check=check_input
-        )
+            x, sigma, Noise(noise), seed=seed, index=step, first_copy=first_copy,
+            shared_across_batch=shared_noise, check=check_input,
+        )  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     if penalty is TrainingPenalty.NONE:
         logits = model(x)
