@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +87,25 @@ def test_cli_verify_writes_files_and_exit_code(monkeypatch, tmp_path, capsys, st
     saved = json.loads(out_json.read_text())
     assert saved["seed"] == 7 and saved["rows"] == rows and "versions" in saved["environment"]
     assert out_md.read_text() == format_table(rows, markdown=True) + "\n"
+
+
+def test_verify_prints_no_solver_banner_on_stdout():
+    """HiGHS announces itself on the C-level stdout the first time it runs; the table comes first."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "wbench", "verify"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["claim", "cases", "worst", "error", "tolerance", "status"]
+    assert "HiGHS" not in proc.stdout
+
+
+def test_rows_with_non_finite_errors_are_written_as_strict_json(tmp_path):
+    from wbench.quickcheck import rows_for_json
+    from wbench.runio import atomic_write_json
+
+    rows = [{"claim": "a", "cases": 1, "worst_error": float("inf"), "tolerance": 1e-9, "status": "FAIL"}]
+    with pytest.raises(ValueError, match="not finite"):
+        atomic_write_json(tmp_path / "raw.json", rows)
+    atomic_write_json(tmp_path / "v.json", rows_for_json(rows))
+    stored = json.loads((tmp_path / "v.json").read_text())
+    assert stored[0]["worst_error"] is None and stored[0]["status"] == "FAIL"
+    assert "n/a" in format_table(stored)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from verify.claims import LEDGER, ClaimLedger
+from verify.claims import LEDGER, MEASURES, ClaimLedger
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +26,16 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def format_claims_table(ledger: ClaimLedger) -> list[str]:
-    """One row per claim: cases checked, worst error, its tolerance, status."""
-    rows = [("claim", "cases", "worst error", "tolerance", "status")]
-    for name in sorted(ledger.records):
+    """One row per claim: paper, claim, cases checked, what is compared, worst error, tolerance, status."""
+    rows = [("paper", "claim", "cases", "compared", "worst error", "tolerance", "status")]
+    for name in sorted(ledger.records, key=lambda n: (ledger.records[n].paper, n)):
         rec = ledger.records[name]
         status = "FAIL" if rec.failed_tests else "PASS"
-        rows.append((name, str(rec.cases), f"{rec.worst_error:.3e}", f"{rec.tolerance_at_worst:.3e}", status))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+        compared = MEASURES[rec.measure_at_worst]  # what the worst error (the row's figure) measures
+        rows.append((rec.paper, name, str(rec.cases), compared, f"{rec.worst_error:.3e}",
+                     f"{rec.tolerance_at_worst:.3e}", status))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 1, 3) else f"{{:>{w}}}" for i, w in enumerate(widths))
     lines = [fmt.format(*rows[0]), "  ".join("-" * w for w in widths)]
     lines += [fmt.format(*r) for r in rows[1:]]
     return lines

@@ -128,16 +128,16 @@ def test_three_implementations_agree_with_eq7(claims, dtype, case):
     for impl, v in vals.items():
         assert v.shape == (b,) and v.dtype == dtype
         claims.close(
-            f"Eq. 7 (004): {impl} impl = edge-sum formula", v.double(), ref, rtol=RTOL[dtype], case=name
+            f"Eq. 7: {impl} impl = edge-sum formula", v.double(), ref, rtol=RTOL[dtype], case=name
         )
     claims.close(
-        "Alg. 1 (004): conv = dense L(x) = edges",
+        "Alg. 1: conv = dense L(x) = edges",
         vals["conv"].double(),
         vals["dense"].double(),
         rtol=RTOL[dtype],
     )
     claims.close(
-        "Alg. 1 (004): conv = dense L(x) = edges",
+        "Alg. 1: conv = dense L(x) = edges",
         vals["edges"].double(),
         vals["dense"].double(),
         rtol=RTOL[dtype],
@@ -175,9 +175,9 @@ def test_implementations_agree_property(claims, b, c, h, w, radius, nb, wname, s
     case = f"{b}x{c}x{h}x{w} r={radius} {nb} {wname} sparsity={sparsity}"
     for val in v:
         claims.close(
-            "Alg. 1 (004): conv = dense L(x) = edges", val, dense, rtol=1e-10, atol=1e-300, case=case
+            "Alg. 1: conv = dense L(x) = edges", val, dense, rtol=1e-10, atol=1e-300, case=case
         )
-    claims.close("Eq. 7 (004): norm = grad^T L(x) grad", dense, quad, rtol=1e-10, atol=1e-300, case=case)
+    claims.close("Eq. 7: norm = grad^T L(x) grad", dense, quad, rtol=1e-10, atol=1e-300, case=case)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_laplacian_entries_match_definition_1(claims, shape, radius, nb, wname):
     scale = float(np.abs(ref).max())
     case = f"{shape} r={radius} {nb} {wname}"
     claims.close(
-        "Def. 1 (004): D^T Lambda D = Sec. 4 entry-wise L(x)",
+        "Def. 1: D^T Lambda D = Sec. 4 entry-wise L(x)",
         product,
         ref,
         rtol=1e-12,
@@ -209,20 +209,20 @@ def test_laplacian_entries_match_definition_1(claims, shape, radius, nb, wname):
         case=case,
     )
     claims.close(
-        "Def. 1 (004): D^T Lambda D = Sec. 4 entry-wise L(x)",
+        "Def. 1: D^T Lambda D = Sec. 4 entry-wise L(x)",
         lap,
         ref,
         rtol=1e-12,
         atol=1e-12 * scale,
         case=case,
     )
-    claims.close("Def. 1 (004): sparse L(x) = dense L(x)", sparse, lap, rtol=0, atol=1e-13 * scale, case=case)
+    claims.close("Def. 1: sparse L(x) = dense L(x)", sparse, lap, rtol=0, atol=1e-13 * scale, case=case)
     # D's rows: +sqrt(omega) at the larger index i, -sqrt(omega) at j (i > j), as in Definition 1
     rows = dmat.numpy()
     pos, neg = rows.argmax(1), rows.argmin(1)
-    claims.true("Def. 1 (004): D rows orient i > j", bool((pos > neg).all()), case=case)
+    claims.true("Def. 1: D rows orient i > j", bool((pos > neg).all()), case=case)
     claims.close(
-        "Def. 1 (004): D rows are sqrt(omega) * (e_i - e_j)", rows.sum(1), 0.0, rtol=0, atol=1e-15, case=case
+        "Def. 1: D rows are sqrt(omega) * (e_i - e_j)", rows.sum(1), 0.0, rtol=0, atol=1e-15, case=case
     )
 
 
@@ -234,23 +234,23 @@ def test_laplacian_is_symmetric_psd_with_constant_kernel(claims, radius, sparsit
     lap = wasserstein_laplacian(x, radius)
     scale = float(lap.abs().max())
     case = f"r={radius} sparsity={sparsity}"
-    claims.close("Def. 1 (004): L(x) symmetric", lap, lap.T, rtol=0, atol=0, case=case)
+    claims.close("Def. 1: L(x) symmetric", lap, lap.T, rtol=0, atol=0, case=case)
     eig_min = float(torch.linalg.eigvalsh(lap).min())
     claims.leq(
-        "Def. 1 (004): L(x) PSD (min eigenvalue >= -tol)",
+        "Def. 1: L(x) PSD (min eigenvalue >= -tol)",
         -eig_min,
         0.0,
         atol=1e-12 * scale * lap.shape[0],
         case=case,
     )
     ones = torch.ones(lap.shape[0], dtype=lap.dtype)
-    claims.close("Def. 1 (004): L(x) 1 = 0", lap @ ones, 0.0, rtol=0, atol=1e-13 * scale, case=case)
+    claims.close("Def. 1: L(x) 1 = 0", lap @ ones, 0.0, rtol=0, atol=1e-13 * scale, case=case)
     # one block per channel: the constant on each channel is in the kernel
     n = 7 * 6
     blk = torch.zeros_like(ones)
     blk[:n] = 1.0
     claims.close(
-        "Def. 1 (004): L(x) 1 = 0", lap @ blk, 0.0, rtol=0, atol=1e-13 * scale, case=case + " per channel"
+        "Def. 1: L(x) 1 = 0", lap @ blk, 0.0, rtol=0, atol=1e-13 * scale, case=case + " per channel"
     )
 
 
@@ -261,15 +261,15 @@ def test_volume_form_and_boundary(claims):
     xd = torch.as_tensor(d.reshape(1, 1, 6, 6))
     lam = edge_weight_diagonal(xd[0], 2)
     claims.close(
-        "Sec. 4 (004): d_i = sum_j w_ij / sum_ij w_ij", lam, 1.0, rtol=1e-12, case="x = d gives Lambda = I"
+        "Sec. 4: d_i = sum_j w_ij / sum_ij w_ij", lam, 1.0, rtol=1e-12, case="x = d gives Lambda = I"
     )
-    claims.close("Sec. 4 (004): d_i = sum_j w_ij / sum_ij w_ij", d.sum(), 1.0, rtol=1e-14, case="sums to 1")
+    claims.close("Sec. 4: d_i = sum_j w_ij / sum_ij w_ij", d.sum(), 1.0, rtol=1e-14, case="sums to 1")
     corner, centre = d[0], d[2 * 6 + 2]
     claims.true(
-        "Sec. 4 (004): boundary pixels have smaller d_i", corner < centre, detail=f"{corner} vs {centre}"
+        "Sec. 4: boundary pixels have smaller d_i", corner < centre, detail=f"{corner} vs {centre}"
     )
     claims.close(
-        "Sec. 4 (004): interior pixel has 12 neighbours at radius 2",
+        "Sec. 4: interior pixel has 12 neighbours at radius 2",
         centre * sum(2 for _ in edges),
         12.0,
         rtol=1e-12,
@@ -279,4 +279,4 @@ def test_volume_form_and_boundary(claims):
     val = wasserstein_grad_norm_sq(x, g, 2, "conv")
     nbr = [j if i == 14 else i for i, j, _ in edges if 14 in (i, j)]
     expected = sum((1 / d[14] + 1 / d[k]) / 2 for k in nbr)
-    claims.close("Eq. 7 (004): norm = grad^T L(x) grad", val, expected, rtol=1e-12, case="indicator gradient")
+    claims.close("Eq. 7: norm = grad^T L(x) grad", val, expected, rtol=1e-12, case="indicator gradient")

@@ -133,7 +133,7 @@ def test_theorem1_wasserstein_noise(claims, shape, radius, seed):
     lap = wasserstein_laplacian(x_img, radius)
     factor = edge_weight_diagonal(x_img, radius).sqrt()[:, None] * incidence_matrix(shape, radius)
     claims.close(
-        "Thm 1 (004): noise factor (Lambda^1/2 D)^T (Lambda^1/2 D) = L(x)",
+        "Thm 1: noise factor (Lambda^1/2 D)^T (Lambda^1/2 D) = L(x)",
         factor.T @ factor,
         lap,
         rtol=0,
@@ -151,7 +151,7 @@ def test_theorem1_wasserstein_noise(claims, shape, radius, seed):
     rhs = 0.5 * (l2 * norm_w + l1 * trace_w)
     _, _, hess_h = derivatives(h, x)
     claims.close(
-        "Thm 1 (004): tr(L Hess l(f)) = l''||grad f||_W^2 + l' tr(L Hess f)",
+        "Thm 1: tr(L Hess l(f)) = l''||grad f||_W^2 + l' tr(L Hess f)",
         0.5 * float(torch.trace(lap @ hess_h)),
         rhs,
         rtol=1e-12,
@@ -162,7 +162,7 @@ def test_theorem1_wasserstein_noise(claims, shape, radius, seed):
         "no 1/2": 2 * rhs,
         "no l'' term": 0.5 * l1 * trace_w,
     }
-    check_second_order_expansion(claims, "Thm 1 (004)", h, x, u, hess_h, rhs, wrong, f"{shape} r={radius}")
+    check_second_order_expansion(claims, "Thm 1", h, x, u, hess_h, rhs, wrong, f"{shape} r={radius}")
 
 
 def test_example4_bishop_tikhonov(claims):
@@ -190,9 +190,9 @@ def test_example4_bishop_tikhonov(claims):
         second.append(gii[i])
     bishop = float((grad_f**2).sum() + (fx - target) * torch.stack(second).sum())
     theorem = 0.5 * (2 * float(grad_f @ grad_f) + 2 * float(fx - target) * float(torch.trace(hess_f)))
-    claims.close("Ex. 4 (004): Thm 1 with L = I is Bishop's Tikhonov term", theorem, bishop, rtol=1e-12)
+    claims.close("Ex. 4: Thm 1 with L = I is Bishop's Tikhonov term", theorem, bishop, rtol=1e-12)
 
     u = torch.randn(N_PAIRS, n, generator=gen, dtype=DT)  # Cov(u) = I
     _, _, hess_h = derivatives(h, x)
     wrong = {"factor 2 (E^R without 1/2)": 2 * bishop, "gradient term only": float(grad_f @ grad_f)}
-    check_second_order_expansion(claims, "Ex. 4 (004)", h, x, u, hess_h, bishop, wrong, "12 inputs")
+    check_second_order_expansion(claims, "Ex. 4", h, x, u, hess_h, bishop, wrong, "12 inputs")

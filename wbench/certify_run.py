@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,14 @@ from torch import nn
 from wbench import distributed as dist
 from wbench.certification import ABSTAIN, certified_accuracy, certified_radius, resolve_ground
 from wbench.options import Convention, Noise, parse_option
-from wbench.runio import CsvAppender, atomic_write_json, environment_record, read_csv_rows
+from wbench.runio import (
+    CsvAppender,
+    RunWarning,
+    atomic_write_json,
+    environment_record,
+    finite_or_none,
+    read_csv_records,
+)
 from wbench.sharding import ImageShards, RunProgress
 
 CSV_FIELDS = ("index", "label", "prediction", "p_lower", "radius", "correct", "seconds")
@@ -75,6 +83,8 @@ class CertifySettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha!r}")
 
@@ -92,8 +102,34 @@ def max_radius(settings: CertifySettings) -> float:
 
 
 def default_radius_grid(settings: CertifySettings, points: int = 11) -> np.ndarray:
-    """``points`` evenly spaced radii from 0 to :func:`max_radius`."""
-    return np.linspace(0.0, max_radius(settings), points)
+    """``points`` evenly spaced radii from 0 to just below :func:`max_radius`.
+
+    The last point is the largest three-significant-digit number strictly below the cap: an
+    image certified at the cap gets a radius that differs from it in the last bits (its
+    Clopper-Pearson bound is not computed as ``alpha**(1/n)``), so a grid point at the cap
+    itself would count it on one side or the other by rounding alone.
+    """
+    return np.linspace(0.0, round_below(max_radius(settings), 3), points)
+
+
+def round_below(r: float, digits: int) -> float:
+    """The largest number of ``digits`` significant digits strictly below ``r > 0``."""
+    scale = 10.0 ** (math.floor(math.log10(r)) - digits + 1)
+    return float(f"{(math.ceil(r / scale * (1 - 1e-9)) - 1) * scale:.{digits}g}")
+
+
+def check_radius_grid(radii: Sequence[float]) -> np.ndarray:
+    """``radii`` as a float64 array, or ``ValueError`` unless non-empty, finite and non-negative."""
+    try:
+        grid = np.asarray(radii, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"radii must be numbers, got {radii!r}") from exc
+    if grid.size == 0:
+        raise ValueError("radii: the radius grid is empty; give at least one radius >= 0")
+    bad = [float(r) for r in grid if not (math.isfinite(r) and r >= 0)]
+    if bad:
+        raise ValueError(f"radii must be finite and >= 0, got {', '.join(map(repr, bad))}")
+    return grid
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -108,7 +144,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 def parse_indices(spec: str | None, size: int, *, max_count: int | None = None, skip: int = 1) -> list[int]:
     """Indices from ``"3,5,9"``, ``"start:stop[:step]"`` or all; every ``skip``-th, at most ``max_count``.
 
-    Raises ``ValueError`` on malformed specs or indices outside ``[0, size)``.
+    Raises ``ValueError`` on malformed specs, indices outside ``[0, size)``, a selection with
+    no images, ``skip < 1`` or ``max_count < 1``.
     """
     if skip < 1:
         raise ValueError(f"--skip must be >= 1, got {skip}")
@@ -130,26 +167,44 @@ def parse_indices(spec: str | None, size: int, *, max_count: int | None = None, 
     bad = [i for i in idx if not 0 <= i < size]
     if bad:
         raise ValueError(f"indices {bad[:5]} out of range for a split of {size} images")
+    if not idx:
+        raise ValueError(f"--indices {spec!r} selects no images (a range start:stop needs start < stop)")
     idx = idx[::skip]
     if max_count is not None:
-        if max_count < 0:
-            raise ValueError(f"--max must be >= 0, got {max_count}")
+        if max_count < 1:
+            raise ValueError(f"--max must be >= 1, got {max_count}")
         idx = idx[:max_count]
     return idx
 
 
 def _check_or_write_run(out_dir: Path, record: dict[str, Any]) -> None:
-    path = out_dir / RUN_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v}
-        if diff:
-            detail = "; ".join(f"{k}: existing {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+    path, csv_path = out_dir / RUN_FILE, out_dir / CSV_FILE
+    has_rows = csv_path.is_file() and csv_path.stat().st_size > 0
+    afresh = f"move {csv_path} away or use another --out folder to start afresh"
+    if not path.is_file():
+        if has_rows:
             raise ValueError(
-                f"{out_dir} holds a run with different settings ({detail}); use another --out folder"
+                f"{csv_path} exists but {path}, which records its settings, is missing, so its rows "
+                f"cannot be checked against this run; {afresh}"
             )
-    else:
         atomic_write_json(path, record)
+        return
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError(f"a JSON {type(old).__name__}, not an object")
+    except ValueError as exc:
+        if not has_rows:  # nothing was certified under it: record this run's settings
+            atomic_write_json(path, record)
+            return
+        reason = str(exc).splitlines()[0]
+        raise ValueError(f"{path} is not a settings record ({reason}); {afresh}") from exc
+    diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v}
+    if diff:
+        detail = "; ".join(f"{k}: existing {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{out_dir} holds a run with different settings ({detail}); use another --out folder"
+        )
 
 
 def _as_jsonable(obj: Any) -> Any:
@@ -193,6 +248,10 @@ def certify_dataset(
         rows of other settings.
     """
     indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
+    if not indices:
+        raise ValueError("no images to certify: the index selection is empty")
+    if radii is not None:
+        radii = check_radius_grid(radii)
     dist.agree("certification settings", _launch_record(settings, source, out_dir, indices))
     with dist.output_lock(out_dir):
         return _certify_in_locked_folder(
@@ -224,6 +283,7 @@ def _certify_in_locked_folder(
     smoothed = cls(
         model, num_classes, settings.sigma, seed=settings.seed, batch_size=settings.batch_size, device=device
     )
+    read_certify_rows(out_dir)  # a garbled line or two results for one image stop the run here
     shards = ImageShards(out_dir / CSV_FILE, CSV_FIELDS)
     mine, left = shards.split(indices)
     per_image = settings.n0 + settings.n
@@ -269,11 +329,60 @@ def _launch_record(
     }
 
 
+_FIELD_TYPES = {"index": int, "label": int, "prediction": int, "p_lower": float, "radius": float,
+                "correct": int, "seconds": float}  # fmt: skip
+
+
+def _check_row(path: Path, line: int, row: dict[str, str]) -> None:
+    for name, kind in _FIELD_TYPES.items():
+        try:
+            kind(row[name])
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"{path} line {line} is garbled ({name} = {row.get(name)!r}): "
+                "delete that line and rerun to redo that image"
+            ) from None
+
+
+def _result(row: dict[str, str]) -> dict[str, str]:
+    """A row without its timing: what two runs of one image must agree on."""
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
 def read_certify_rows(
     out_dir: str | os.PathLike, indices: Iterable[int] | None = None
 ) -> list[dict[str, str]]:
-    """The rows of ``out_dir/certify.csv``, restricted to the images in ``indices`` when given."""
-    rows = read_csv_rows(Path(out_dir) / CSV_FILE)
+    """The rows of ``out_dir/certify.csv``, one per image, restricted to ``indices`` when given.
+
+    A row repeated for one image (equal but for ``seconds``) is counted once, with a
+    :class:`~wbench.runio.RunWarning` that says so.
+
+    Raises
+    ------
+    ValueError
+        For a garbled line, or two rows of one image that disagree (both name the file and line).
+    """
+    path = Path(out_dir) / CSV_FILE
+    first: dict[int, tuple[int, dict[str, str]]] = {}
+    duplicates = []
+    for line, row in read_csv_records(path):
+        _check_row(path, line, row)
+        index = int(row["index"])
+        if index not in first:
+            first[index] = (line, row)
+            continue
+        line0, row0 = first[index]
+        if _result(row) != _result(row0):
+            raise ValueError(
+                f"{path} lines {line0} and {line} give different results for image index {index}, "
+                "so the folder mixes two runs; delete the wrong line or start afresh in another --out folder"
+            )
+        duplicates.append(f"index {index} at line {line}")
+    if duplicates:
+        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        message = f"{path}: ignored {len(duplicates)} duplicate row(s): {', '.join(duplicates[:5])}{more}"
+        warnings.warn(message, RunWarning, stacklevel=2)
+    rows = [row for _, row in first.values()]
     if indices is None:
         return rows
     wanted = {int(i) for i in indices}
@@ -300,21 +409,25 @@ def fine_radius_grid(*radii: np.ndarray | Sequence[float]) -> np.ndarray:
 
 
 def summarize_rows(rows: Sequence[dict[str, str]], settings: CertifySettings, radii: Sequence[float]) -> dict:
-    """Certified accuracy on ``radii``, mean certified radius, clean accuracy, abstentions, throughput."""
+    """Certified accuracy on ``radii``, mean certified radius, clean accuracy, abstentions, throughput.
+
+    Values that do not exist (accuracies of zero images, throughput of zero seconds) are ``None``.
+    """
     pred, correct, radius = row_arrays(rows)
     seconds = float(sum(float(r["seconds"]) for r in rows))
     acc = certified_accuracy(radius, correct, pred, radii)
     certified = correct & (pred != ABSTAIN)
     n_img = len(rows)
+    # None (JSON null) where there is no value: no images, or no measurable time
     return {
         "images": n_img,
         "radii": [float(r) for r in radii],
-        "certified_accuracy": [float(a) for a in acc],
-        "clean_smoothed_accuracy": float(certified.mean()) if n_img else float("nan"),
-        "mean_certified_radius": float(np.where(certified, radius, 0.0).mean()) if n_img else float("nan"),
+        "certified_accuracy": [finite_or_none(a) for a in acc],
+        "clean_smoothed_accuracy": float(certified.mean()) if n_img else None,
+        "mean_certified_radius": float(np.where(certified, radius, 0.0).mean()) if n_img else None,
         "abstentions": int((pred == ABSTAIN).sum()),
         "seconds": seconds,
-        "noise_samples_per_s": (settings.n0 + settings.n) * n_img / seconds if seconds > 0 else float("nan"),
+        "noise_samples_per_s": (settings.n0 + settings.n) * n_img / seconds if seconds > 0 else None,
     }
 
 
@@ -328,6 +441,8 @@ def write_summary(
 ) -> dict[str, Any]:
     """Summarise ``certify.csv`` into ``summary.json`` (atomic) and ``certified_accuracy.png``.
 
+    The summary records ``max_certifiable_radius`` (:func:`max_radius`), and the plot marks it.
+
     ``indices`` restricts the summary to those images (default: every row of the CSV), so a
     rerun that asks for fewer images than the folder holds reports only the ones it asked for.
     """
@@ -335,10 +450,12 @@ def write_summary(
 
     out_dir = Path(out_dir)
     rows = read_certify_rows(out_dir, indices)
-    radii = default_radius_grid(settings) if radii is None else np.asarray(radii, dtype=np.float64)
+    radii = default_radius_grid(settings) if radii is None else check_radius_grid(radii)
     summary = summarize_rows(rows, settings, radii)
+    cap = max_radius(settings)
     summary.update(
         {
+            "max_certifiable_radius": cap,
             "settings": asdict(settings),
             "seed": settings.seed,
             "environment": environment_record(),
@@ -355,5 +472,6 @@ def write_summary(
         out_dir / PLOT_FILE,
         title=f"{summary['images']} images, n0={settings.n0}, n={settings.n}, alpha={settings.alpha}",
         xlabel=f"certified W1 radius ({settings.ground} ground metric, normalised mass)",
+        caps={label: cap},
     )
     return summary

@@ -280,6 +280,12 @@ def load_model(
     -------
     (model, checkpoint)
         The model in eval mode on ``device`` and the checkpoint dict.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file: unreadable (:func:`wbench.runio.load_checkpoint`), not a
+        model checkpoint, or weights that do not fit the architecture it names.
     """
     from wbench.devices import resolve_device
 
@@ -288,6 +294,28 @@ def load_model(
     missing = [k for k in ("model_name", "model_kwargs", "state_dict") if k not in ckpt]
     if missing:
         raise ValueError(f"{checkpoint_path} is not a wbench model checkpoint (missing {missing})")
-    model = build_model(ckpt["model_name"], **ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["state_dict"])
+    if not isinstance(ckpt["model_kwargs"], dict) or not isinstance(ckpt["state_dict"], dict):
+        raise ValueError(f"{checkpoint_path} is not a wbench model checkpoint (model_kwargs or state_dict)")
+    try:
+        model = build_model(ckpt["model_name"], **ckpt["model_kwargs"])
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {checkpoint_path}: {exc}") from None
+    model_keys, saved = model.state_dict(), ckpt["state_dict"]
+    absent = [k for k in model_keys if k not in saved]
+    extra = [k for k in saved if k not in model_keys]
+    shapes = [
+        k for k in model_keys
+        if k in saved and getattr(saved[k], "shape", None) != model_keys[k].shape
+    ]  # fmt: skip
+    if absent or extra or shapes:
+        detail = "; ".join(
+            f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing", absent), ("unexpected", extra), ("wrong shape of", shapes))
+            if keys
+        )
+        raise ValueError(
+            f"checkpoint {checkpoint_path}: its weights do not fit a {ckpt['model_name']!r} model "
+            f"with {ckpt['model_kwargs']} ({detail}); was it written for another architecture?"
+        )
+    model.load_state_dict(saved)
     return model.to(dev).eval(), ckpt

@@ -19,6 +19,7 @@ def plot_certified_accuracy(
     title: str = "",
     xlabel: str = "certified W1 radius (normalised mass)",
     styles: Mapping[str, Mapping[str, Any]] | None = None,
+    caps: Mapping[str, float] | None = None,
 ) -> None:
     """One step curve of certified accuracy vs radius per entry of ``curves``, saved as a PNG.
 
@@ -30,6 +31,9 @@ def plot_certified_accuracy(
         Output PNG.
     styles : mapping, optional
         ``label -> keyword arguments of Axes.step`` (e.g. ``{"linestyle": "--", "color": "C1"}``).
+    caps : mapping, optional
+        ``label -> the largest radius the run's sample count can certify``, drawn as a dotted
+        vertical line in the curve's colour: no curve can extend past it.
     """
     import matplotlib
 
@@ -40,7 +44,11 @@ def plot_certified_accuracy(
     try:
         for label, (radii, acc) in curves.items():
             style = dict((styles or {}).get(label, {}))
-            ax.step(np.asarray(radii), 100 * np.asarray(acc), where="post", label=label, **style)
+            (line,) = ax.step(np.asarray(radii), 100 * np.asarray(acc), where="post", label=label, **style)
+            if caps and label in caps:
+                ax.axvline(caps[label], color=line.get_color(), linestyle=":", linewidth=1.0)
+        if caps:
+            ax.plot([], [], color="0.4", linestyle=":", linewidth=1.0, label="largest certifiable radius")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("certified accuracy (%)")
         ax.set_ylim(0, 100)

@@ -29,14 +29,17 @@ QUICK = {"epochs": 2, "max_images": 12, "n0": 32, "n": 200, "alpha": 0.05}
 
 
 def _verification(out: Path, seed: int) -> tuple[list[dict[str, Any]], bool]:
-    from wbench.quickcheck import run_quick_verification
+    from wbench.quickcheck import rows_for_json, run_quick_verification
 
     path = out / "verification.json"
     if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("seed") == seed:
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError:  # a damaged cache is recomputed
+            stored = None
+        if isinstance(stored, dict) and stored.get("seed") == seed and isinstance(stored.get("rows"), list):
             return stored["rows"], True
-    rows = run_quick_verification(seed=seed)
+    rows = rows_for_json(run_quick_verification(seed=seed))
     atomic_write_json(path, {"seed": seed, "rows": rows})
     return rows, False
 

@@ -32,11 +32,13 @@ from wbench.certification import certified_accuracy, resolve_ground
 from wbench.certify_run import (
     CertifySettings,
     certify_dataset,
+    check_radius_grid,
     file_sha256,
     fine_radius_grid,
     max_radius,
     parse_indices,
     read_certify_rows,
+    round_below,
     row_arrays,
 )
 from wbench.options import Noise, parse_option
@@ -98,8 +100,13 @@ class ReproduceConfig:
         sigmas = tuple(float(s) for s in (self.sigmas or PAPER_SIGMAS[self.dataset]))
         if not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas):
             raise ValueError(f"sigmas must be positive finite numbers, got {sigmas}")
+        radii = None if self.radii is None else tuple(float(r) for r in check_radius_grid(self.radii))
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"--max must be >= 1, got {self.max_images}")
         ground = resolve_ground(self.ground, self.convention).value
-        out = ReproduceConfig(**{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground})
+        out = ReproduceConfig(
+            **{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground, "radii": radii}
+        )
         out.epochs = self.epochs if self.epochs is not None else d["epochs"]
         out.n0 = self.n0 if self.n0 is not None else d["n0"]
         out.n = self.n if self.n is not None else d["n"]
@@ -149,19 +156,17 @@ def train_or_reuse(config: ReproduceConfig, noise: str, sigma: float, *, progres
 
 
 def _radius_grid(config: ReproduceConfig, points: int = 8) -> np.ndarray:
-    """0 and a geometric grid up to the largest certifiable radius of the run (2 significant digits)."""
+    """0 and a geometric grid up to just below the largest certifiable radius (2 significant digits).
+
+    Every point lies strictly below the radius it was taken from (:func:`round_below`), so
+    images certified at a sample-count cap count there whatever the rounding of their radius.
+    """
     if config.radii:
         return np.asarray(sorted(config.radii), dtype=np.float64)
     r_hi = max(max_radius(_settings(config, z, s)) for z in config.noises for s in config.sigmas)
     r_lo = min(max_radius(_settings(config, z, s)) for z in config.noises for s in config.sigmas) / 4
     grid = np.geomspace(r_lo, r_hi, points - 1)
-    return np.concatenate([[0.0], [_round_down(r, 2) for r in grid]])
-
-
-def _round_down(r: float, digits: int) -> float:
-    """``r`` rounded down to ``digits`` significant digits (never past the largest certifiable radius)."""
-    scale = 10.0 ** (math.floor(math.log10(r)) - digits + 1)
-    return float(f"{math.floor(r / scale * (1 + 1e-12)) * scale:.{digits}g}")
+    return np.concatenate([[0.0], [round_below(r, 2) for r in grid]])
 
 
 def _settings(config: ReproduceConfig, noise: str, sigma: float) -> CertifySettings:
@@ -260,7 +265,7 @@ def _write_results(result: dict[str, Any], config: ReproduceConfig, indices: Seq
 
 _SUMMARY_KEYS = (
     "images", "certified_accuracy", "clean_smoothed_accuracy", "mean_certified_radius", "abstentions",
-    "noise_samples_per_s", "seconds",
+    "noise_samples_per_s", "seconds", "max_certifiable_radius",
 )  # fmt: skip
 
 
@@ -310,13 +315,14 @@ def plot_runs(
     arrays = [row_arrays(read_certify_rows(run["certify_dir"], indices)) for run in runs]
     grid = fine_radius_grid(*(radius for _pred, _correct, radius in arrays))
     sigma_index = {s: i for i, s in enumerate(dict.fromkeys(run["sigma"] for run in runs))}
-    curves, styles = {}, {}
+    curves, styles, caps = {}, {}, {}
     for run, (pred, correct, radius) in zip(runs, arrays, strict=True):
         label = f"{NOISE_LABEL[run['noise']]}, sigma={run['sigma']:g}"
         curves[label] = (grid, certified_accuracy(radius, correct, pred, grid))
+        caps[label] = run["max_certifiable_radius"]
         styles[label] = {
             "linestyle": "-" if run["noise"] == Noise.WASSERSTEIN else "--",
             "color": f"C{sigma_index[run['sigma']] % 10}",
         }
     extra = {} if xlabel is None else {"xlabel": xlabel}
-    plot_certified_accuracy(curves, path, title=title, styles=styles, **extra)
+    plot_certified_accuracy(curves, path, title=title, styles=styles, caps=caps, **extra)

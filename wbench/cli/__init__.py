@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from wbench import __version__
@@ -47,22 +48,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from wbench import distributed
 
-    try:
-        if distributed.launched() and not getattr(args, "distributed", False):
-            raise ValueError("this command runs in one process; start it without torchrun")
-        with distributed.process_group():
-            return int(args.func(args) or 0)
-    except ValueError as exc:
-        print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except distributed.RanksLostError as exc:
-        print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except torch.distributed.DistError as exc:  # raised inside torch (DDP, rendezvous): same cause
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        rank = os.environ.get("RANK", "?")
-        print(f"wbench {args.command}: error: rank {rank} lost the other ranks: {reason}", file=sys.stderr)
-        return 1
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"wbench {args.command}: warning: {_one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = one_line_warning
+        try:
+            if distributed.launched() and not getattr(args, "distributed", False):
+                raise ValueError("this command runs in one process; start it without torchrun")
+            with distributed.process_group():
+                return int(args.func(args) or 0)
+        except (ValueError, OSError) as exc:  # OSError: a disk that fills up, a file vanishing mid-run
+            print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except distributed.RanksLostError as exc:
+            print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        except torch.distributed.DistError as exc:  # raised inside torch (DDP, rendezvous): same cause
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            rank = os.environ.get("RANK", "?")
+            message = f"wbench {args.command}: error: rank {rank} lost the other ranks: {reason}"
+            print(message, file=sys.stderr)
+            return 1
+
+
+def _one_line(message: object) -> str:
+    """``message`` as one line: an error or warning is never split over several."""
+    return " ".join(str(message).split())
 
 
 if __name__ == "__main__":

@@ -56,7 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wbench.certify_run import CertifySettings, certify_dataset, file_sha256, parse_indices
+    from wbench.certify_run import (
+        CertifySettings,
+        certify_dataset,
+        check_radius_grid,
+        file_sha256,
+        parse_indices,
+    )
     from wbench.data import dataset_info, load_dataset
     from wbench.distributed import is_main, local_device
     from wbench.models import load_model
@@ -80,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(dataset, args.split, root=args.data_root, download=False)
     indices = parse_indices(args.indices, len(data), max_count=args.max_count, skip=args.skip)
     radii = None
-    if args.radii:
+    if args.radii is not None:
         try:
-            radii = [float(r) for r in args.radii.split(",")]
+            radii = check_radius_grid([float(r) for r in args.radii.split(",") if r.strip()])
         except ValueError as exc:
-            raise ValueError(f"malformed --radii {args.radii!r}; use comma-separated numbers") from exc
+            raise ValueError(f"bad --radii {args.radii!r}: {exc}; use comma-separated radii >= 0") from exc
     source = {"checkpoint_sha256": file_sha256(args.checkpoint), "dataset": dataset, "split": args.split}
     summary = certify_dataset(
         model, data, indices, settings, args.out, num_classes=dataset_info(dataset)["num_classes"],
@@ -93,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
     if not is_main():
         return 0  # rank 0 reports the whole launch
     out = Path(args.out)
+    rate = summary["noise_samples_per_s"]
     print(
         f"certified {summary['images']} images: "
         f"clean smoothed accuracy {summary['clean_smoothed_accuracy']:.3f}, "
         f"mean certified radius {summary['mean_certified_radius']:.4g}, "
         f"abstentions {summary['abstentions']}, "
-        f"{summary['noise_samples_per_s']:.0f} noise samples/s"
+        + ("no time recorded" if rate is None else f"{rate:.0f} noise samples/s")
     )
     launch = summary["launch"]
     if launch["world_size"] > 1:
@@ -108,5 +115,6 @@ def run(args: argparse.Namespace) -> int:
         )
     for r, a in zip(summary["radii"], summary["certified_accuracy"], strict=True):
         print(f"  radius {r:.4g}: certified accuracy {a:.3f}")
+    print(f"  (no radius above {summary['max_certifiable_radius']:.4g} can be certified with n={args.n})")
     print(f"wrote {out / 'certify.csv'}, {out / 'summary.json'}, {out / 'certified_accuracy.png'}")
     return 0

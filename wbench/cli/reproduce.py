@@ -1,4 +1,4 @@
-"""``wbench reproduce``: certified accuracy vs radius per sigma, Wasserstein vs Laplace (Table 1 of 000)."""
+"""``wbench reproduce``: certified accuracy vs radius, Wasserstein vs Laplace (Levine & Feizi, Table 1)."""
 
 from __future__ import annotations
 

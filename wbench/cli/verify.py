@@ -20,13 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wbench.quickcheck import format_table, run_quick_verification
+    from wbench.quickcheck import format_table, rows_for_json, run_quick_verification
     from wbench.runio import atomic_write_json, atomic_write_text, environment_record
 
     rows = run_quick_verification(seed=args.seed)
     print(format_table(rows))
     if args.json:
-        atomic_write_json(args.json, {"seed": args.seed, "rows": rows, "environment": environment_record()})
+        record = {"seed": args.seed, "rows": rows_for_json(rows), "environment": environment_record()}
+        atomic_write_json(args.json, record)
     if args.markdown:
         atomic_write_text(args.markdown, format_table(rows, markdown=True) + "\n")
     failed = [r["claim"] for r in rows if r["status"] != "PASS"]

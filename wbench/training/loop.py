@@ -153,7 +153,15 @@ def _restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) 
         g.set_state(state[name])
 
 
+_RESUME_KEYS = ("config", "state_dict", "optimizer", "scheduler", "rng", "epoch", "metrics", "device_type")
+
+
 def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, device: torch.device, path: Path) -> None:
+    missing = [k for k in _RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"cannot resume {path}: it is not a `wbench train` checkpoint (missing {', '.join(missing)})"
+        )
     saved = dict(ckpt["config"])
     now = config.to_dict()
     diff = sorted(
@@ -254,6 +262,8 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
         _restore_rng(ckpt["rng"] if dist.world_size() == 1 else ckpt["rng"][dist.rank()], generators)
         start_epoch, metrics = int(ckpt["epoch"]), list(ckpt["metrics"])
         seconds_before = float(sum(m["seconds"] for m in metrics))
+        # a kill between the checkpoint and the metrics replace leaves metrics.json one epoch behind
+        _write_metrics(metrics_path, ckpt["config"], metrics)
 
     net = ddp.wrap(model, device)
     for epoch in range(start_epoch, config.epochs):
@@ -400,6 +410,10 @@ def _save(
         "rng": rng,  # one state per rank (a list) under torchrun
     }
     atomic_torch_save(ckpt, ckpt_path)
-    atomic_write_json(
-        metrics_path, {"config": config.to_dict(), "epochs_completed": epoch, "metrics": metrics}
-    )
+    _write_metrics(metrics_path, ckpt["config"], metrics)
+
+
+def _write_metrics(metrics_path: Path, config: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    """``metrics.json``: the mirror of the checkpoint's config and per-epoch metrics."""
+    epochs = int(metrics[-1]["epoch"]) if metrics else 0
+    atomic_write_json(metrics_path, {"config": config, "epochs_completed": epochs, "metrics": metrics})
