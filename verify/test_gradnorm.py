@@ -127,9 +127,7 @@ def test_three_implementations_agree_with_eq7(claims, dtype, case):
     name = f"{dtype} {case}"
     for impl, v in vals.items():
         assert v.shape == (b,) and v.dtype == dtype
-        claims.close(
-            f"Eq. 7: {impl} impl = edge-sum formula", v.double(), ref, rtol=RTOL[dtype], case=name
-        )
+        claims.close(f"Eq. 7: {impl} impl = edge-sum formula", v.double(), ref, rtol=RTOL[dtype], case=name)
     claims.close(
         "Alg. 1: conv = dense L(x) = edges",
         vals["conv"].double(),
@@ -174,9 +172,7 @@ def test_implementations_agree_property(claims, b, c, h, w, radius, nb, wname, s
     )
     case = f"{b}x{c}x{h}x{w} r={radius} {nb} {wname} sparsity={sparsity}"
     for val in v:
-        claims.close(
-            "Alg. 1: conv = dense L(x) = edges", val, dense, rtol=1e-10, atol=1e-300, case=case
-        )
+        claims.close("Alg. 1: conv = dense L(x) = edges", val, dense, rtol=1e-10, atol=1e-300, case=case)
     claims.close("Eq. 7: norm = grad^T L(x) grad", dense, quad, rtol=1e-10, atol=1e-300, case=case)
 
 
@@ -249,9 +245,7 @@ def test_laplacian_is_symmetric_psd_with_constant_kernel(claims, radius, sparsit
     n = 7 * 6
     blk = torch.zeros_like(ones)
     blk[:n] = 1.0
-    claims.close(
-        "Def. 1: L(x) 1 = 0", lap @ blk, 0.0, rtol=0, atol=1e-13 * scale, case=case + " per channel"
-    )
+    claims.close("Def. 1: L(x) 1 = 0", lap @ blk, 0.0, rtol=0, atol=1e-13 * scale, case=case + " per channel")
 
 
 def test_volume_form_and_boundary(claims):
@@ -265,9 +259,7 @@ def test_volume_form_and_boundary(claims):
     )
     claims.close("Sec. 4: d_i = sum_j w_ij / sum_ij w_ij", d.sum(), 1.0, rtol=1e-14, case="sums to 1")
     corner, centre = d[0], d[2 * 6 + 2]
-    claims.true(
-        "Sec. 4: boundary pixels have smaller d_i", corner < centre, detail=f"{corner} vs {centre}"
-    )
+    claims.true("Sec. 4: boundary pixels have smaller d_i", corner < centre, detail=f"{corner} vs {centre}")
     claims.close(
         "Sec. 4: interior pixel has 12 neighbours at radius 2",
         centre * sum(2 for _ in edges),
