@@ -1,5 +1,5 @@
 """asv benchmark suites for wbench (scikit-image style: ``benchmark_<area>.py``, ``<Thing>Suite``).
 
 Run ``asv run --python=same --quick`` for a smoke pass, ``WBENCH_BENCH_FULL=1 asv run`` for the
-full parameter grids, and ``python bench/speed_gate.py`` for the CI ratio gate.
+full parameter grids, and ``python -m bench.speed_gate`` for the CI ratio gate.
 """

@@ -1,6 +1,6 @@
 """CI speed gate: relative speed claims of wbench, checked as ratios measured in one process.
 
-Run ``python bench/speed_gate.py [--device cpu|cuda|auto] [--rounds N] [--threads N] [--json PATH]
+Run ``python -m bench.speed_gate [--device cpu|cuda|auto] [--rounds N] [--threads N] [--json PATH]
 [-- PYTEST_ARGS]``. Each check is one pytest test run by pytest-benchmark in pedantic mode: its
 warm-up rounds, then its rounds, each round timing side A then side B back to back (A B A B ...), so
 both sides share the machine's load. The gated figure is the median over rounds of the per-pair ratio
@@ -41,10 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import _common as common  # noqa: E402
+from bench import _common as common
 
 Thunk = Callable[[], object]
 _OPS = {">=": operator.ge, "<=": operator.le}
