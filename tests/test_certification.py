@@ -151,7 +151,7 @@ def _authors_radius(p, stdev, noise):
 def test_authors_convention_implies_their_l2_ground_radius():
     """Issue 9, item 17: the authors' released code reports the L2-ground radius (divides by sqrt 2)."""
     from wbench.certification import resolve_ground
-    from wbench.certify_run import CertifySettings
+    from wbench.dataset_certification import CertifySettings
     from wbench.options import Ground
 
     assert resolve_ground(None, "authors") is Ground.L2

@@ -9,8 +9,8 @@ import stat
 import pytest
 import torch
 
-from wbench.certify_run import CertifySettings, read_certify_rows, write_summary
 from wbench.cli import main
+from wbench.dataset_certification import CertifySettings, read_certify_rows, write_summary
 from wbench.models import build_model
 from wbench.runio import (
     atomic_torch_save,

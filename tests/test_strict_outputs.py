@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from wbench.certification import certified_radius
-from wbench.certify_run import (
+from wbench.cli import main
+from wbench.dataset_certification import (
     CSV_FIELDS,
     CertifySettings,
     default_radius_grid,
@@ -18,7 +19,6 @@ from wbench.certify_run import (
     parse_indices,
     write_summary,
 )
-from wbench.cli import main
 from wbench.models import build_model
 from wbench.runio import CsvAppender, atomic_torch_save, atomic_write_json
 

@@ -57,7 +57,7 @@ def run_report(
 
 
 def _report_in_locked_folder(out_dir: str, *, device: str, seed: int, quick: bool, progress: bool) -> Path:
-    from wbench.certify_run import max_radius
+    from wbench.dataset_certification import max_radius
     from wbench.devices import resolve_device
     from wbench.quickcheck import format_table
     from wbench.reproduce import ReproduceConfig, _settings, reproduce

@@ -29,7 +29,7 @@ import numpy as np
 
 from wbench import distributed as dist
 from wbench.certification import certified_accuracy, resolve_ground
-from wbench.certify_run import (
+from wbench.dataset_certification import (
     CertifySettings,
     certify_dataset,
     check_radius_grid,

@@ -47,9 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wbench.attack_run import AttackSettings, attack_dataset, parse_eps_list
-    from wbench.certify_run import file_sha256, parse_indices
     from wbench.data import dataset_info, load_dataset
+    from wbench.dataset_attack import AttackSettings, attack_dataset, parse_eps_list
+    from wbench.dataset_certification import file_sha256, parse_indices
     from wbench.devices import resolve_device
     from wbench.models import load_model
 

@@ -56,14 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wbench.certify_run import (
+    from wbench.data import dataset_info, load_dataset
+    from wbench.dataset_certification import (
         CertifySettings,
         certify_dataset,
         check_radius_grid,
         file_sha256,
         parse_indices,
     )
-    from wbench.data import dataset_info, load_dataset
     from wbench.distributed import is_main, local_device
     from wbench.models import load_model
 

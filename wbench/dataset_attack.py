@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wbench.certify_run import _as_jsonable, _check_or_write_run
+from wbench.dataset_certification import _as_jsonable, _check_or_write_run
 from wbench.options import AttackMethod, Ground, Noise, parse_option
 from wbench.runio import (
     CsvAppender,
@@ -207,7 +207,7 @@ def _load_examples(out: Path) -> dict:
 
 
 def _certified_rows(certify_dir, settings: AttackSettings, source, indices) -> list[dict[str, str]]:
-    from wbench.certify_run import RUN_FILE, read_certify_rows
+    from wbench.dataset_certification import RUN_FILE, read_certify_rows
 
     run_path = Path(certify_dir) / RUN_FILE
     if not run_path.is_file():
@@ -295,7 +295,7 @@ def write_summary(out, settings, indices, eps_list, dataset, certified, source) 
 
 def _certified_curve(rows, eps_sorted) -> dict[str, Any]:
     from wbench.certification import certified_accuracy
-    from wbench.certify_run import fine_radius_grid, row_arrays
+    from wbench.dataset_certification import fine_radius_grid, row_arrays
 
     pred, correct, radius = row_arrays(rows)
     grid = fine_radius_grid(radius, np.asarray(eps_sorted))
