@@ -19,6 +19,7 @@ training.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -218,30 +219,76 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         return _train_in_locked_folder(config, resume=resume, progress=progress)
 
 
-def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+@dataclass
+class TrainState:
+    """What a run carries from epoch to epoch, and what its checkpoint holds.
 
+    ``epoch`` counts completed epochs; ``metrics`` has one row per completed epoch; ``generators``
+    are the random streams saved in the checkpoint besides the global torch RNG (augmentation).
+    """
+
+    config: TrainConfig
+    device: torch.device
+    model_kwargs: dict[str, int]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generators: dict[str, torch.Generator]
+    epoch: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.config.out_dir) / CHECKPOINT_NAME
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.config.out_dir) / METRICS_NAME
+
+
+def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool) -> dict[str, Any]:
     device = dist.local_device(config.device)
-    batch_size = ddp.rank_batch_size(config.batch_size)
-    out_dir = Path(config.out_dir)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    metrics_path = out_dir / METRICS_NAME
+    ckpt_path = Path(config.out_dir) / CHECKPOINT_NAME
     if ckpt_path.exists() and not resume:
         raise ValueError(
             f"{ckpt_path} exists; pass resume=True (--resume) to continue it, or choose another out_dir"
         )
-
     info = dataset_info(config.dataset)
     train_set = _limit(
         load_dataset(config.dataset, "train", config.data_root, config.download), config.limit_train
     )
     test_set = _limit(load_dataset(config.dataset, "test", config.data_root, False), config.limit_test)
+    state = _setup(config, info, device)
+    if resume and ckpt_path.exists():
+        _resume(state)
 
-    model_name = config.model_name
+    net = ddp.wrap(state.model, state.device)
+    while state.epoch < config.epochs:
+        _run_epoch(state, net, train_set, test_set, progress=progress)
+        _save(state)
+
+    if not state.metrics:
+        raise ValueError(f"{ckpt_path} holds no completed epoch")
+    last = state.metrics[-1]
+    return {
+        "checkpoint": str(state.checkpoint_path),
+        "metrics": str(state.metrics_path),
+        "test_accuracy": last["test_acc"],
+        "test_accuracy_noisy": last["test_acc_noisy"],
+        "epochs": int(last["epoch"]),
+        "seconds": sum(m["seconds"] for m in state.metrics),
+        "device": str(device),
+        "model": config.model_name,
+        "dataset": config.dataset,
+    }
+
+
+def _setup(config: TrainConfig, info: dict[str, Any], device: torch.device) -> TrainState:
+    """A fresh run: the model initialised from ``config.seed``, its optimiser, scheduler and generators."""
     model_kwargs = {"num_classes": int(info["num_classes"]), "in_channels": int(info["shape"][0])}
     torch.manual_seed(config.seed)
-    model = build_model(model_name, **model_kwargs).to(device)
-    _check_model_fits(model, info["shape"], model_name, config.dataset, device)
+    model = build_model(config.model_name, **model_kwargs).to(device)
+    _check_model_fits(model, info["shape"], config.model_name, config.dataset, device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -251,117 +298,98 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
             derive_seed(config.seed, "augment", per_rank=True)
         ),
     }
+    return TrainState(config, device, model_kwargs, model, optimizer, scheduler, generators)
 
-    start_epoch, metrics, seconds_before = 0, [], 0.0
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
-        _check_resumable(ckpt, config, device, ckpt_path)
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _restore_rng(ckpt["rng"] if dist.world_size() == 1 else ckpt["rng"][dist.rank()], generators)
-        start_epoch, metrics = int(ckpt["epoch"]), list(ckpt["metrics"])
-        seconds_before = float(sum(m["seconds"] for m in metrics))
-        # a kill between the checkpoint and the metrics replace leaves metrics.json one epoch behind
-        _write_metrics(metrics_path, ckpt["config"], metrics)
 
-    net = ddp.wrap(model, device)
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        batches = ddp.epoch_batches(len(train_set), batch_size, derive_seed(config.seed, "shuffle"), epoch)
-        if batches is None:
-            shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "shuffle", epoch))
-            batches = _batches(len(train_set), batch_size, shuffle)
-        loader = _loader(train_set, batches, config, device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        show = progress and dist.is_main()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show, leave=False)
-        for step, (xb, yb) in enumerate(bar):
-            xb = xb.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True)
-            if config.augment:
-                xb = random_crop_flip(xb, generators["augment"])
-            loss, n_correct = train_step(
-                net,
-                optimizer,
-                xb,
-                yb,
-                noise=config.noise,
-                sigma=config.sigma,
-                seed=config.seed,
-                step=epoch * len(batches) + step,
-                first_copy=dist.rank() * batch_size,  # ranks draw disjoint copies of the step's noise
-                shared_noise=config.shared_noise,
-                check_input=(step == 0),
-                penalty=config.penalty,
-                eta=config.eta,
-                radius=config.radius,
-            )
-            loss_sum += loss.to(torch.float64) * yb.shape[0]
-            correct += n_correct
-            seen += int(yb.shape[0])
-            if show and (step % 10 == 0):
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}")
-        bar.close()
-        loss_sum, correct, seen = ddp.sum_over_ranks(loss_sum, correct, seen)
-        train_loss = float(loss_sum) / seen
-        if not np.isfinite(train_loss):
-            raise ValueError(
-                f"training diverged at epoch {epoch + 1} (loss {train_loss}); lower lr, sigma or eta"
-            )
-        lr = float(optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        test_acc, noisy_acc = dist.on_main(_evaluate_epoch, model, test_set, config, device, epoch)
-        metrics.append(
-            {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_acc": int(correct) / seen,
-                "test_acc": test_acc,
-                "test_acc_noisy": noisy_acc,
-                "seconds": time.perf_counter() - t0,
-            }
+def _resume(state: TrainState) -> None:
+    """Load ``<out_dir>/checkpoint.pt`` into ``state`` (after checking it matches the config)."""
+    path = state.checkpoint_path
+    ckpt = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
+    _check_resumable(ckpt, state.config, state.device, path)
+    state.model.load_state_dict(ckpt["state_dict"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    _restore_rng(ckpt["rng"] if dist.world_size() == 1 else ckpt["rng"][dist.rank()], state.generators)
+    state.epoch, state.metrics = int(ckpt["epoch"]), list(ckpt["metrics"])
+    # a kill between the checkpoint and the metrics replace leaves metrics.json one epoch behind
+    _write_metrics(state.metrics_path, ckpt["config"], state.metrics)
+
+
+def _run_epoch(
+    state: TrainState, net: torch.nn.Module, train_set: Dataset, test_set: Dataset, *, progress: bool
+) -> None:
+    """Train epoch ``state.epoch + 1``, evaluate it, append its metrics row and advance ``state.epoch``."""
+    from tqdm.auto import tqdm
+
+    config, device, epoch = state.config, state.device, state.epoch
+    batch_size = ddp.rank_batch_size(config.batch_size)
+    t0 = time.perf_counter()
+    state.model.train()
+    batches = ddp.epoch_batches(len(train_set), batch_size, derive_seed(config.seed, "shuffle"), epoch)
+    if batches is None:
+        shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "shuffle", epoch))
+        batches = _batches(len(train_set), batch_size, shuffle)
+    loader = _loader(train_set, batches, config, device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    show = progress and dist.is_main()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show, leave=False)
+    for step, (xb, yb) in enumerate(bar):
+        xb = xb.to(device, non_blocking=True)
+        yb = yb.to(device, non_blocking=True)
+        if config.augment:
+            xb = random_crop_flip(xb, state.generators["augment"])
+        loss, n_correct = train_step(
+            net,
+            state.optimizer,
+            xb,
+            yb,
+            noise=config.noise,
+            sigma=config.sigma,
+            seed=config.seed,
+            step=epoch * len(batches) + step,
+            first_copy=dist.rank() * batch_size,  # ranks draw disjoint copies of the step's noise
+            shared_noise=config.shared_noise,
+            check_input=(step == 0),
+            penalty=config.penalty,
+            eta=config.eta,
+            radius=config.radius,
         )
-        rng = dist.all_gather(_rng_state(generators))
-        dist.on_main(
-            _save,
-            ckpt_path,
-            metrics_path,
-            model,
-            optimizer,
-            scheduler,
-            config,
-            model_name,
-            model_kwargs,
-            device,
-            metrics,
-            rng[0] if len(rng) == 1 else rng,
+        loss_sum += loss.to(torch.float64) * yb.shape[0]
+        correct += n_correct
+        seen += int(yb.shape[0])
+        if show and (step % 10 == 0):
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}")
+    bar.close()
+    loss_sum, correct, seen = ddp.sum_over_ranks(loss_sum, correct, seen)
+    train_loss = float(loss_sum) / seen
+    if not np.isfinite(train_loss):
+        raise ValueError(
+            f"training diverged at epoch {epoch + 1} (loss {train_loss}); lower lr, sigma or eta"
         )
-        if show:
-            m = metrics[-1]
-            tqdm.write(
-                f"epoch {m['epoch']}/{config.epochs}: loss {m['train_loss']:.4f} train acc "
-                f"{m['train_acc']:.4f} test acc {m['test_acc']:.4f}"
-                + ("" if noisy_acc is None else f" (noisy {noisy_acc:.4f})")
-            )
-
-    if not metrics:
-        raise ValueError(f"{ckpt_path} holds no completed epoch")
-    return {
-        "checkpoint": str(ckpt_path),
-        "metrics": str(metrics_path),
-        "test_accuracy": metrics[-1]["test_acc"],
-        "test_accuracy_noisy": metrics[-1]["test_acc_noisy"],
-        "epochs": int(metrics[-1]["epoch"]),
-        "seconds": seconds_before + sum(m["seconds"] for m in metrics[start_epoch:]),
-        "device": str(device),
-        "model": model_name,
-        "dataset": config.dataset,
-    }
+    lr = float(state.optimizer.param_groups[0]["lr"])
+    state.scheduler.step()
+    test_acc, noisy_acc = dist.on_main(_evaluate_epoch, state.model, test_set, config, device, epoch)
+    state.metrics.append(
+        {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": int(correct) / seen,
+            "test_acc": test_acc,
+            "test_acc_noisy": noisy_acc,
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+    state.epoch = epoch + 1
+    if show:
+        m = state.metrics[-1]
+        tqdm.write(
+            f"epoch {m['epoch']}/{config.epochs}: loss {m['train_loss']:.4f} train acc "
+            f"{m['train_acc']:.4f} test acc {m['test_acc']:.4f}"
+            + ("" if noisy_acc is None else f" (noisy {noisy_acc:.4f})")
+        )
 
 
 def _check_model_fits(
@@ -380,37 +408,31 @@ def _check_model_fits(
         model.train(was_training)
 
 
-def _save(
-    ckpt_path,
-    metrics_path,
-    model,
-    optimizer,
-    scheduler,
-    config,
-    model_name,
-    model_kwargs,
-    device,
-    metrics,
-    rng,
-) -> None:
-    epoch = int(metrics[-1]["epoch"])
+def _save(state: TrainState) -> None:
+    """Collective: gather every rank's random state; rank 0 writes the checkpoint, then metrics.json."""
+    rng = dist.all_gather(_rng_state(state.generators))
+    dist.on_main(_write_checkpoint, state, rng[0] if len(rng) == 1 else rng)
+
+
+def _write_checkpoint(state: TrainState, rng: dict[str, Any] | list[dict[str, Any]]) -> None:
+    config = state.config
     ckpt = {
-        "model_name": model_name,
-        "model_kwargs": dict(model_kwargs),
-        "state_dict": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
+        "model_name": config.model_name,
+        "model_kwargs": dict(state.model_kwargs),
+        "state_dict": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "epoch": int(state.metrics[-1]["epoch"]),
         "config": config.to_dict(),
         "seed": int(config.seed),
-        "device_type": device.type,
+        "device_type": state.device.type,
         "environment": environment_record(),
-        "metrics": [dict(m) for m in metrics],
+        "metrics": [dict(m) for m in state.metrics],
         "world_size": dist.world_size(),
         "rng": rng,  # one state per rank (a list) under torchrun
     }
-    atomic_torch_save(ckpt, ckpt_path)
-    _write_metrics(metrics_path, ckpt["config"], metrics)
+    atomic_torch_save(ckpt, state.checkpoint_path)
+    _write_metrics(state.metrics_path, ckpt["config"], state.metrics)
 
 
 def _write_metrics(metrics_path: Path, config: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
