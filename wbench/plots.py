@@ -31,24 +31,39 @@ def plot_certified_accuracy(
     styles : mapping, optional
         ``label -> keyword arguments of Axes.step`` (e.g. ``{"linestyle": "--", "color": "C1"}``).
     """
+    plot_certified_accuracy_panels([(curves, xlabel)], path, title=title, styles=styles)
+
+
+def plot_certified_accuracy_panels(
+    panels: Sequence[tuple[Mapping[str, tuple[Sequence[float], Sequence[float]]], str]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Side-by-side panels of :func:`plot_certified_accuracy`, one per ``(curves, xlabel)``, in one PNG.
+
+    Used to show the same certificates against radii in two units (normalised and pixel mass).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.0), dpi=120, squeeze=False)
     try:
-        for label, (radii, acc) in curves.items():
-            style = dict((styles or {}).get(label, {}))
-            ax.step(np.asarray(radii), 100 * np.asarray(acc), where="post", label=label, **style)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("certified accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
+        for ax, (curves, xlabel) in zip(axes[0], panels, strict=True):
+            for label, (radii, acc) in curves.items():
+                style = dict((styles or {}).get(label, {}))
+                ax.step(np.asarray(radii), 100 * np.asarray(acc), where="post", label=label, **style)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("certified accuracy (%)")
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+            if curves:
+                ax.legend(fontsize=7)
         if title:
-            ax.set_title(title)
-        if curves:
-            ax.legend(fontsize=7)
+            fig.suptitle(title) if len(panels) > 1 else axes[0][0].set_title(title)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
