@@ -30,7 +30,7 @@ class FlowSamplingSuite:
         c, h, w = _SHAPES[shape]
         self.image_shape = (batch, c, h, w)
         self.gen = common.generator(self.device)
-        self.x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, device=self.device)
+        self.x = common.images(batch, c, h, w, device=self.device)
         self.plan = sample_laplace_flow(self.image_shape, _SIGMA, generator=self.gen, device=self.device)
         self._sample, self._apply = sample_laplace_flow, apply_flow
         common.sync(self.device)
@@ -64,7 +64,7 @@ class SmoothingNoiseSuite:
 
         self.device = common.require_device(device)
         c, h, w = _SHAPES[shape]
-        self.x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, device=self.device)
+        self.x = common.images(batch, c, h, w, device=self.device)
         self.gen = common.generator(self.device)
         self._perturb = perturb
         common.sync(self.device)

@@ -44,7 +44,7 @@ class TrainStepSuite:
         c, h, w = _SHAPE[model]
         torch.manual_seed(0)
         net = build_model(model).to(self.device)
-        self.x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, device=self.device)
+        self.x = common.images(batch, c, h, w, device=self.device)
         self.y = common.labels(batch, device=self.device)
         self.step = common.make_train_step(net, mode, device=self.device, sigma=_SIGMA[model])
         self.step(self.x, self.y)  # warm-up: optimiser state, autograd graph caches
