@@ -112,3 +112,21 @@ def test_repeated_indices_and_smaller_reruns(checkpoint, tmp_path):
     assert len(read_csv_rows(tmp_path / "certify.csv")) == 2
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["images"] == 1  # only the image asked for, not every row of the folder
+
+
+def test_authors_convention_reproduces_the_authors_radii_by_default(checkpoint, tmp_path):
+    """Issue 9, item 17: their wass_smooth_certify divides the L1-ground radius by sqrt 2 (L2 ground)."""
+    import math
+
+    assert certify(checkpoint, tmp_path, "--max", "3", "--convention", "authors") == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["settings"]["ground"] == "l2" and run["settings"]["convention"] == "authors"
+    rows = read_csv_rows(tmp_path / "certify.csv")
+    assert any(float(r["p_lower"]) > 0.5 for r in rows)
+    for r in rows:
+        p = float(r["p_lower"])
+        authors = max((math.log(p) - math.log1p(-p)) * 0.02 / 2**1.5, 0.0) / 2**0.5 if p > 0 else 0.0
+        assert float(r["radius"]) == pytest.approx(authors, rel=1e-12, abs=0)
+    explicit = tmp_path / "explicit"
+    assert certify(checkpoint, explicit, "--max", "3", "--convention", "authors", "--ground", "l1") == 0
+    assert json.loads((explicit / "run.json").read_text())["settings"]["ground"] == "l1"

@@ -256,3 +256,38 @@ def test_check_false_skips_only_the_value_checks():
     assert torch.isnan(out[0]) and torch.isfinite(out[1])
     with pytest.raises(ValueError, match="shape mismatch"):
         wasserstein_grad_norm_sq(x, g[..., :3], 2, check=False)
+
+
+def _alternating(shape, magnitude, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, shape, generator=gen).to(dtype) * 2 - 1
+    return signs * magnitude
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype, magnitude", [(torch.float32, 1e30), (torch.float64, 1e160)])
+def test_overflow_is_the_same_value_error_in_every_implementation(impl, dtype, magnitude):
+    """Issue 9, item 14: finite inputs whose norm does not fit the dtype raise, naming the overflow."""
+    x = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    g = _alternating(x.shape, magnitude, dtype)
+    g[1] = torch.randn(1, 5, 5, generator=torch.Generator().manual_seed(2), dtype=dtype)  # sample 1 fits
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(ValueError, match=rf"overflows {name} in sample\(s\) \[0\]"):
+        wasserstein_grad_norm_sq(x, g, 2, impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_overflow_of_x_over_volume_is_reported_too(impl):
+    x = torch.full((1, 1, 4, 4), 3e38, dtype=torch.float32)  # finite, but x_i / d_i is not
+    g = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="overflows float32"):
+        wasserstein_grad_norm_sq(x, g, 2, impl)
+
+
+def test_float32_overflow_fits_in_float64():
+    x = torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g = _alternating(x.shape, 1e30, torch.float64)
+    values = [wasserstein_grad_norm_sq(x, g, 2, impl) for impl in IMPLS]
+    assert bool(torch.isfinite(values[0]).all()) and float(values[0]) > 1e58
+    for v in values[1:]:
+        torch.testing.assert_close(v, values[0], rtol=1e-12, atol=0)

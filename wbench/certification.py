@@ -19,12 +19,17 @@ strictly weaker, so the direct Corollary 1 bound is used. The plain pixel-L1 cer
 is :func:`pixel_l1_radius`.
 
 Two conventions decide what happens when the lower bound ``p_A`` is small
-(:func:`apply_convention`):
+(:func:`apply_convention`) and which ground metric a radius is reported in when none is
+given (:func:`resolve_ground`):
 
-* ``"cohen"`` (default, Cohen et al. 2019): abstain when ``p_A < 1/2``;
+* ``"cohen"`` (default, Cohen et al. 2019): abstain when ``p_A < 1/2``; L1 ground
+  (Theorem 1's radius);
 * ``"authors"`` (Levine & Feizi's released code): never abstain; a guess with
   ``p_A <= 1/2`` is certified at radius 0, so if it is correct it counts towards the
-  certified accuracy at radius 0.
+  certified accuracy at radius 0. Radii are in the L2 ground metric (Wong et al.'s threat
+  model), as that code reports them: ``wass_smooth_certify`` in its ``wass_smooth_utils.py``
+  divides the L1-ground radius by ``sqrt 2`` (Corollary 3), and ``laplace_smooth_certify``
+  halves ``rho_L1`` (Corollary 1, the same for both grounds). An explicit ``ground`` wins.
 """
 
 from __future__ import annotations
@@ -32,19 +37,64 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy.stats import binomtest
 
-from wbench._validation import check_positive
+from wbench._validation import check_positive, check_real_dtype, is_real_number, plain
 from wbench.options import Convention, Ground, Noise, parse_option
 
 ABSTAIN = -1
 
 
-def _check_p(p: np.ndarray) -> None:
+def _as_probabilities(p_lower) -> np.ndarray:
+    """``p_lower`` as a float64 array, refusing anything that is not real numbers.
+
+    Accepted: Python and numpy real scalars, real numpy arrays, lists or tuples of real
+    numbers, and torch tensors that do not require grad. Refused: strings, bools (also inside
+    lists and arrays), complex numbers, ``None`` and other objects; a tensor that requires grad
+    (a certificate is not a differentiable quantity: detach it explicitly).
+    """
+    if isinstance(p_lower, torch.Tensor):
+        if p_lower.requires_grad:
+            raise ValueError("p_lower is a tensor that requires grad; pass p_lower.detach()")
+        check_real_dtype("p_lower", p_lower, integers=True)
+        p = p_lower.detach().cpu().numpy()
+    elif isinstance(p_lower, np.ndarray):
+        check_real_dtype("p_lower", p_lower, integers=True)
+        p = p_lower
+    elif isinstance(p_lower, list | tuple):
+        items = np.array(p_lower, dtype=object)
+        bad = [v for v in items.flat if not is_real_number(v)]
+        if bad:
+            raise ValueError(f"p_lower must hold real numbers only, got {type(bad[0]).__name__} {bad[0]!r}")
+        p = items
+    elif is_real_number(p_lower):
+        p = np.asarray(p_lower)
+    else:
+        raise ValueError(
+            f"p_lower must be a real number or array of them, got {type(p_lower).__name__} {p_lower!r}"
+        )
+    p = np.asarray(p, dtype=np.float64)
     if not np.isfinite(p).all():
         raise ValueError("p_lower contains NaN or inf")
     if ((p < 0) | (p > 1)).any():
-        raise ValueError(f"p_lower must lie in [0, 1]; got values from {p.min()!r} to {p.max()!r}")
+        raise ValueError(
+            f"p_lower must lie in [0, 1]; got values from {float(p.min())!r} to {float(p.max())!r}"
+        )
+    return p
+
+
+def resolve_ground(ground: Ground | str | None, convention: Convention | str = Convention.COHEN) -> Ground:
+    """The ground metric of reported radii: ``ground`` when given, else the convention's.
+
+    ``"cohen"`` implies L1 (Theorem 1); ``"authors"`` implies L2, the radius that Levine &
+    Feizi's released code reports (the L1-ground radius divided by ``sqrt 2``, Corollary 3;
+    see the module docstring).
+    """
+    convention = parse_option(Convention, convention, "convention")
+    if ground is not None:
+        return parse_option(Ground, ground, "ground")
+    return Ground.L2 if convention is Convention.AUTHORS else Ground.L1
 
 
 def _log_odds_radius(p: np.ndarray, sigma: float) -> np.ndarray:
@@ -63,8 +113,7 @@ def pixel_l1_radius(p_lower, sigma: float):
     Accepts a float or an array; returns the same kind.
     """
     check_positive("sigma", sigma)
-    p = np.asarray(p_lower, dtype=np.float64)
-    _check_p(p)
+    p = _as_probabilities(p_lower)
     r = _log_odds_radius(np.atleast_1d(p), float(sigma)).reshape(p.shape)
     return float(r) if r.ndim == 0 else r
 
@@ -80,9 +129,11 @@ def certified_radius(
     Parameters
     ----------
     p_lower : float or array_like
-        Lower bound(s) on p_A, in [0, 1]. The runner-up is bounded by ``1 - p_lower``.
+        Lower bound(s) on p_A, in [0, 1]: a real number, a real numpy array, a list of real
+        numbers or a tensor that does not require grad. The runner-up is bounded by
+        ``1 - p_lower``.
     sigma : float
-        Noise standard deviation (normalised mass units), > 0.
+        Noise standard deviation (normalised mass units), a real number > 0.
     noise : {"wasserstein", "laplace"}
         Flow-space noise (Theorem 1) or the pixel Laplace baseline (Corollary 1).
     ground : {"l1", "l2"}
@@ -99,7 +150,9 @@ def certified_radius(
     Raises
     ------
     ValueError
-        ``p_lower`` outside [0, 1] or not finite, ``sigma <= 0``, or an unknown option.
+        ``p_lower`` outside [0, 1], not finite or not real (strings, bools, complex, tensors
+        that require grad), ``sigma`` not a real number > 0 (``True`` is not one), or an
+        unknown option.
 
     References
     ----------
@@ -119,12 +172,12 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     Computed as the lower end of the exact two-sided interval at confidence ``1 - 2 alpha``
     (``scipy.stats.binomtest(...).proportion_ci(method="exact")``), as in Cohen et al.
     """
-    if not (isinstance(n, (int, np.integer)) and n >= 1):
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1):
+        raise ValueError(f"n must be a positive integer, got {plain(n)}")
     if not (0 <= n_a <= n):
-        raise ValueError(f"count n_a={n_a!r} must lie in [0, n={n}]")
+        raise ValueError(f"count n_a={plain(n_a)} must lie in [0, n={plain(n)}]")
     if not (0.0 < alpha < 0.5):
-        raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
+        raise ValueError(f"alpha must be in (0, 0.5), got {plain(alpha)}")
     return float(
         binomtest(int(n_a), int(n)).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
     )

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from wbench.certification import ABSTAIN, certified_accuracy, certified_radius
-from wbench.options import Convention, Ground, Noise, parse_option
-from wbench.runio import CsvAppender, atomic_write_json, environment_record, read_csv_rows
+from wbench.certification import ABSTAIN, certified_accuracy, certified_radius, resolve_ground
+from wbench.options import Convention, Noise, parse_option
+from wbench.runio import CsvAppender, atomic_write_json, environment_record, locked_output, read_csv_rows
 
 CSV_FIELDS = ("index", "label", "prediction", "p_lower", "radius", "correct", "seconds")
 RUN_FILE, CSV_FILE, SUMMARY_FILE, PLOT_FILE = (
@@ -45,22 +45,26 @@ RUN_FILE, CSV_FILE, SUMMARY_FILE, PLOT_FILE = (
 
 @dataclass(frozen=True)
 class CertifySettings:
-    """Everything that determines a certificate (``batch_size`` and the device do not, on the CPU)."""
+    """Everything that determines a certificate (``batch_size`` and the device do not, on the CPU).
+
+    ``ground=None`` takes the convention's ground metric (:func:`wbench.certification.resolve_ground`):
+    L1 for ``"cohen"``, L2 for ``"authors"``, whose released code reports L2-ground radii.
+    """
 
     sigma: float
     noise: str = "wasserstein"
     n0: int = 1000
     n: int = 10000
     alpha: float = 0.05
-    ground: str = "l1"
+    ground: str | None = None
     convention: str = "cohen"
     seed: int = 0
     batch_size: int = 1000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise", parse_option(Noise, self.noise, "noise").value)
-        object.__setattr__(self, "ground", parse_option(Ground, self.ground, "ground").value)
         object.__setattr__(self, "convention", parse_option(Convention, self.convention, "convention").value)
+        object.__setattr__(self, "ground", resolve_ground(self.ground, self.convention).value)
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive finite number, got {self.sigma!r}")
         for name in ("n0", "n", "batch_size"):
@@ -182,13 +186,38 @@ def certify_dataset(
         Provenance that must match on resume (checkpoint hash, data set name and split).
     radii : sequence of float, optional
         Radius grid of the summary (default :func:`default_radius_grid`).
+
+    Raises
+    ------
+    ValueError
+        If another run holds ``out_dir`` (:func:`wbench.runio.locked_output`), or it holds
+        rows of other settings.
     """
+    with locked_output(out_dir):
+        return _certify_in_locked_folder(
+            model, dataset, indices, settings, out_dir, num_classes=num_classes, device=device,
+            source=source, radii=radii, progress=progress,
+        )  # fmt: skip
+
+
+def _certify_in_locked_folder(
+    model: nn.Module,
+    dataset: Sequence[tuple[torch.Tensor, int]],
+    indices: Iterable[int],
+    settings: CertifySettings,
+    out_dir: str | os.PathLike,
+    *,
+    num_classes: int,
+    device: str | torch.device | None,
+    source: dict[str, Any] | None,
+    radii: Sequence[float] | None,
+    progress: bool,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     record = _as_jsonable({"settings": settings.identity(), "source": source or {}})
     _check_or_write_run(out_dir, record)
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from wbench._validation import check_finite, check_positive
+from wbench._validation import check_finite, check_flow_tensor, check_positive
 
 
 class FlowPlan(NamedTuple):
@@ -91,9 +91,11 @@ def apply_flow(x: torch.Tensor, plan: FlowPlan) -> torch.Tensor:
     Parameters
     ----------
     x : torch.Tensor
-        Images of shape ``(..., H, W)``, any float dtype and device.
+        Images of shape ``(..., H, W)``, any device, a real float dtype (float16, bfloat16,
+        float32, float64: the dtype table of :mod:`wbench._validation`); computed in that dtype.
     plan : FlowPlan
-        ``vertical`` of shape ``(..., H-1, W)`` and ``horizontal`` of shape ``(..., H, W-1)``.
+        ``vertical`` of shape ``(..., H-1, W)`` and ``horizontal`` of shape ``(..., H, W-1)``,
+        real float tensors, cast to ``x``'s dtype.
 
     Returns
     -------
@@ -103,10 +105,15 @@ def apply_flow(x: torch.Tensor, plan: FlowPlan) -> torch.Tensor:
     Raises
     ------
     ValueError
-        On shape mismatch, or NaN / inf in ``x`` or the plan.
+        If ``x`` or a part of the plan is not a torch tensor of a real float dtype (numpy arrays,
+        bools, integers, which would truncate a fractional flow, complex), on shape mismatch, or on
+        NaN / inf in ``x`` or the plan.
     """
     if not isinstance(plan, FlowPlan):
         raise ValueError(f"plan must be a FlowPlan, got {type(plan).__name__}")
+    check_flow_tensor("x", x)
+    check_flow_tensor("flow plan vertical", plan.vertical)
+    check_flow_tensor("flow plan horizontal", plan.horizontal)
     _check_plan_matches(x, plan)
     check_finite("x", x)
     check_finite("flow plan vertical", plan.vertical)

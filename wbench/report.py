@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from wbench.runio import atomic_write_json, atomic_write_text, environment_record
+from wbench.runio import atomic_write_json, atomic_write_text, environment_record, locked_output
 
 REPORT_SIGMA = 0.01
 #: settings of the default report: about 2-3 minutes on two CPU cores
@@ -44,14 +44,22 @@ def _verification(out: Path, seed: int) -> tuple[list[dict[str, Any]], bool]:
 def run_report(
     out_dir: str, *, device: str = "auto", seed: int = 0, quick: bool = False, progress: bool = True
 ) -> Path:
-    """Run the four steps (see the module docstring); return the path of ``report.md``."""
+    """Run the four steps (see the module docstring); return the path of ``report.md``.
+
+    ``out_dir`` is locked for the whole run (:func:`wbench.runio.locked_output`): a second
+    report into the same folder raises ``ValueError`` instead of interleaving with this one.
+    """
+    with locked_output(out_dir):
+        return _report_in_locked_folder(out_dir, device=device, seed=seed, quick=quick, progress=progress)
+
+
+def _report_in_locked_folder(out_dir: str, *, device: str, seed: int, quick: bool, progress: bool) -> Path:
     from wbench.certify_run import max_radius
     from wbench.devices import resolve_device
     from wbench.quickcheck import format_table
     from wbench.reproduce import ReproduceConfig, _settings, reproduce
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     knobs = QUICK if quick else FULL
     config = ReproduceConfig(
         dataset="digits", out_dir=str(out), sigmas=(REPORT_SIGMA,), noises=("wasserstein", "laplace"),

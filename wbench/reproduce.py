@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wbench.certification import ABSTAIN, certified_accuracy
+from wbench.certification import ABSTAIN, certified_accuracy, resolve_ground
 from wbench.certify_run import (
     CertifySettings,
     certify_dataset,
@@ -52,7 +52,7 @@ from wbench.certify_run import (
     row_arrays,
 )
 from wbench.options import Noise, parse_option
-from wbench.runio import atomic_write_json, atomic_write_text, environment_record
+from wbench.runio import atomic_write_json, atomic_write_text, environment_record, locked_output
 
 #: Test images of the quick ``mnist5k`` run (the first ones of the class-interleaved split).
 QUICK_M5K_IMAGES = 200
@@ -118,6 +118,9 @@ UNITS = {
 class ReproduceConfig:
     """One reproduction run; ``None`` fields take the data set's defaults (see the module docstring).
 
+    ``ground=None`` takes the convention's: L1 for ``"cohen"``, L2 for ``"authors"``
+    (:func:`wbench.certification.resolve_ground`).
+
     ``checkpoints`` maps ``"noise:sigma"`` (e.g. ``"wasserstein:0.01"``) to an existing checkpoint,
     which is certified instead of training one. ``paper_counts`` sets n0 and n to the paper's
     1000 and 10000 (not combined with explicit ``n0`` / ``n``).
@@ -133,7 +136,7 @@ class ReproduceConfig:
     alpha: float = 0.05
     max_images: int | None = None
     skip: int = 1
-    ground: str = "l1"
+    ground: str | None = None
     convention: str = "cohen"
     seed: int = 0
     device: str = "auto"
@@ -154,7 +157,8 @@ class ReproduceConfig:
         sigmas = tuple(float(s) for s in (self.sigmas or PAPER_SIGMAS[self.dataset]))
         if not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas):
             raise ValueError(f"sigmas must be positive finite numbers, got {sigmas}")
-        out = ReproduceConfig(**{**asdict(self), "sigmas": sigmas, "noises": noises})
+        ground = resolve_ground(self.ground, self.convention).value
+        out = ReproduceConfig(**{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground})
         out.epochs = self.epochs if self.epochs is not None else d["epochs"]
         if self.paper_counts and (self.n0 is not None or self.n is not None):
             raise ValueError("give either paper_counts (--paper-counts) or n0 / n, not both")
@@ -239,15 +243,18 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
         (noise, sigma)), ``table`` and ``table_pixel_mass`` (Markdown), ``paper_comparison``
         (this run's settings next to the paper's), ``files`` (paths written), ``seconds`` (this
         invocation) and ``environment``.
+
+    Raises
+    ------
+    ValueError
+        If the configuration is invalid or asks for images outside the test split (checked
+        before anything is written), or another run holds ``config.out_dir``
+        (:func:`wbench.runio.locked_output`) or one of the folders inside it.
     """
-    from wbench.data import dataset_info, load_dataset
-    from wbench.devices import resolve_device
-    from wbench.models import load_model
+    from wbench.data import load_dataset
 
     t_start = time.perf_counter()
     config = config.resolved()
-    out = Path(config.out_dir)
-    device = resolve_device(config.device)
     test_set = load_dataset(config.dataset, "test", root=config.data_root)
     every = parse_indices(None, len(test_set), skip=config.skip)
     if config.max_images is not None and not 1 <= config.max_images <= len(every):
@@ -257,7 +264,19 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
             + f"; give 1 to {len(every)}"
         )
     indices = every[: config.max_images]
-    out.mkdir(parents=True, exist_ok=True)
+    with locked_output(config.out_dir):
+        return _reproduce_in_locked_folder(config, test_set, indices, t_start=t_start, progress=progress)
+
+
+def _reproduce_in_locked_folder(
+    config: ReproduceConfig, test_set: Any, indices: list[int], *, t_start: float, progress: bool
+) -> dict[str, Any]:
+    from wbench.data import dataset_info
+    from wbench.devices import resolve_device
+    from wbench.models import load_model
+
+    out = Path(config.out_dir)
+    device = resolve_device(config.device)
     masses = {i: float(test_set[i][0].to(torch.float64).sum()) for i in indices}
     labels = np.array([int(test_set[i][1]) for i in indices], dtype=np.int64)
     num_classes = int(dataset_info(config.dataset)["num_classes"])

@@ -1,21 +1,32 @@
-"""Run bookkeeping: atomic writes, checkpoints loaded with ``weights_only=True``,
-append-and-flush CSV rows, and the environment record every run carries."""
+"""Run bookkeeping: an exclusive lock on an output folder, atomic writes, checkpoints loaded
+with ``weights_only=True``, append-and-flush CSV rows, and the environment record every run
+carries."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+LOCK_FILE = ".wbench.lock"
+"""Name of the lock file :func:`locked_output` keeps inside an output folder."""
+
+_held: dict[Path, int] = {}  # folders this process has locked -> nesting depth
+_held_guard = threading.Lock()
 
 _VERSIONED = ("wbench", "torch", "torchvision", "numpy", "scipy", "POT", "cvxpy", "scikit-learn")
 
@@ -39,6 +50,87 @@ def environment_record() -> dict[str, Any]:
         # which sampler drew CPU float32 noise: the streams differ, so a seed reproduces per build
         "cpu_noise_sampler": "fastnoise (compiled)" if fastnoise.available() else "torch",
     }
+
+
+def _describe_holder(lock_path: Path) -> str:
+    try:
+        record = json.loads(lock_path.read_text())
+        command = " ".join(" ".join(record["command"]).split())  # one line
+        if len(command) > 200:
+            command = command[:197] + "..."
+        return f"pid {record['pid']} on {record['host']}: {command}"
+    except (OSError, ValueError, KeyError, TypeError):  # the holder has not written its record yet
+        return "a process that has not yet recorded itself"
+
+
+@contextlib.contextmanager
+def locked_output(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the output folder ``out_dir`` (created if absent) for a run.
+
+    The lock is ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``out_dir/.wbench.lock``, which records the
+    holder's pid, host and command line. The kernel releases it when the holder exits, however
+    it exits (``kill -9`` included), so a lock is never stale. Nested use in one process on the
+    same folder is allowed (a report holds its folder while the reproduction inside it runs).
+
+    Yields
+    ------
+    pathlib.Path
+        ``out_dir``.
+
+    Raises
+    ------
+    ValueError
+        If another process holds the folder (the message names the folder and the holder), or
+        the folder cannot be created or written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is an existing file; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ValueError(f"cannot create output folder {out}: a part of its path is a file") from exc
+    except OSError as exc:
+        raise ValueError(f"cannot create output folder {out}: {exc.strerror}") from exc
+    key = out.resolve()
+    with _held_guard:
+        if key in _held:
+            _held[key] += 1
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield out
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    lock_path = out / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise ValueError(f"cannot write to output folder {out}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"output folder {out} is in use by another run ({_describe_holder(lock_path)}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": list(sys.orig_argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        with _held_guard:
+            _held[key] = 1
+        try:
+            yield out
+        finally:
+            with _held_guard:
+                del _held[key]
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -35,8 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=10000, help="estimation samples (default 10000, as the authors)")
     p.add_argument("--alpha", type=float, default=0.05, help="failure probability (default 0.05)")
     p.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass (default 1000)")
-    p.add_argument("--ground", default="l1", help="ground metric of W1: l1 | l2 (Corollary 3)")
-    p.add_argument("--convention", default="cohen", help="cohen (abstain if p_A < 1/2) | authors")
+    p.add_argument(
+        "--ground", default=None,
+        help="ground metric of W1: l1 | l2 (Corollary 3); default: l1, or l2 with --convention authors",
+    )  # fmt: skip
+    p.add_argument(
+        "--convention", default="cohen",
+        help="cohen (abstain if p_A < 1/2) | authors (the released code: no abstention, L2-ground radii)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--radii", default=None, help="comma-separated radius grid for the summary")

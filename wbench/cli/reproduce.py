@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is interleaved by class, so N = 10 m gives m per class)",
     )
     p.add_argument("--skip", type=int, default=1, help="take every SKIP-th test image")
-    p.add_argument("--ground", default="l1", help="l1 | l2")
-    p.add_argument("--convention", default="cohen", help="cohen | authors")
+    p.add_argument("--ground", default=None, help="l1 | l2 (default: l1, or l2 with --convention authors)")
+    p.add_argument("--convention", default="cohen", help="cohen | authors (no abstention, L2-ground radii)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass")

@@ -265,9 +265,11 @@ def wasserstein_grad_norm_sq(
         omega_ij as a function of the Euclidean pixel distance; a callable must return a
         finite number > 0.
     check : bool, default True
-        Validate the values of ``x`` and ``grad`` (NaN/inf, negative x), which costs three
-        reductions and a host sync. Pass False only in a hot loop whose caller has validated
-        them (shapes, dtypes, devices and options are always checked).
+        Validate the values of ``x`` and ``grad`` (NaN/inf, negative x) and of the result
+        (overflow), which costs a few reductions and two host syncs. Pass False only in a hot
+        loop whose caller has validated them (shapes, dtypes, devices and options are always
+        checked); nothing is then checked, and NaN/inf inputs or an overflow give a non-finite
+        value (inf or NaN, depending on ``impl``), not an error.
 
     Returns
     -------
@@ -278,7 +280,9 @@ def wasserstein_grad_norm_sq(
     ------
     ValueError
         For non-4-D input, mismatched shapes/dtypes/devices, NaN or inf, negative x,
-        radius < 1 or an unknown option.
+        radius < 1 or an unknown option; and (with ``check``) when the norm of finite inputs
+        overflows the dtype (e.g. float32 gradients near 1e30), naming the samples. All three
+        implementations raise this same error.
 
     Notes
     -----
@@ -296,4 +300,25 @@ def wasserstein_grad_norm_sq(
     _check_inputs(x, grad, values=check)
     if x.numel() == 0:
         return (x * grad).sum((1, 2, 3))
-    return _IMPLS[kind](x, grad, fit_to_image(spec, *x.shape[-2:]))
+    out = _IMPLS[kind](x, grad, fit_to_image(spec, *x.shape[-2:]))
+    if check:
+        _check_overflow(out)
+    return out
+
+
+def _check_overflow(out: torch.Tensor) -> None:
+    """Raise if the norm of finite inputs did not fit the dtype (the same error for every implementation).
+
+    Each implementation overflows differently (a sum of positive terms gives inf, the dense
+    ``g^T L g`` mixes signs and gives inf - inf = NaN), so a non-finite result is reported here.
+    """
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        samples = bad.nonzero().flatten().tolist()
+        name = str(out.dtype).removeprefix("torch.")
+        wider = "" if out.dtype == torch.float64 else "compute in float64 (x.double(), grad.double()) or "
+        raise ValueError(
+            f"the Wasserstein gradient norm overflows {name} in sample(s) {samples[:10]}: x and grad are "
+            f"finite, but g^T L(x) g (or x_i / d_i) exceeds {torch.finfo(out.dtype).max:.3g}; {wider}"
+            "rescale grad (the norm is quadratic: ||s g||_W^2 = s^2 ||g||_W^2)"
+        )

@@ -28,7 +28,13 @@ from wbench.data import ImageTensorDataset, dataset_info, load_dataset
 from wbench.devices import resolve_device
 from wbench.models import build_model
 from wbench.noise import perturb
-from wbench.runio import atomic_torch_save, atomic_write_json, environment_record, load_checkpoint
+from wbench.runio import (
+    atomic_torch_save,
+    atomic_write_json,
+    environment_record,
+    load_checkpoint,
+    locked_output,
+)
 from wbench.training.config import TrainConfig
 from wbench.training.step import random_crop_flip, train_step
 
@@ -167,10 +173,21 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         ``test_accuracy_noisy`` (one noise draw per test image; ``None`` without noise),
         ``epochs`` (completed), ``seconds`` (training time summed over resumes), ``device``,
         ``model``, ``dataset``.
+
+    Raises
+    ------
+    ValueError
+        If another run holds ``config.out_dir`` (:func:`wbench.runio.locked_output`), the
+        checkpoint exists without ``resume``, or it cannot be resumed with ``config``.
     """
+    config.validate()
+    with locked_output(config.out_dir):
+        return _train_in_locked_folder(config, resume=resume, progress=progress)
+
+
+def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    config.validate()
     device = resolve_device(config.device)
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME

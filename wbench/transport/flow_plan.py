@@ -25,7 +25,7 @@ from wbench._validation import ArrayLike, check_finite
 from wbench.flow import FlowPlan, apply_flow_unchecked
 from wbench.options import Solver, parse_option
 from wbench.transport._grid import grid_arcs
-from wbench.transport._inputs import validate_histogram_pair
+from wbench.transport._inputs import checked_w1, reduce_plane, validate_histogram_pair
 from wbench.transport.ling_okada import solve_ling_okada_plane, solve_lp_checked
 from wbench.transport.network import network_w1_plane
 
@@ -128,7 +128,8 @@ def optimal_flow_plan(x: ArrayLike, y: ArrayLike, *, solver: Solver | str = "lp"
     Raises
     ------
     ValueError
-        On invalid input (see ``w1``) or ``solver="pot"`` (POT's dense plan has no arc flows).
+        On invalid input (see ``w1``), ``solver="pot"`` (POT's dense plan has no arc flows), or
+        a W1 that overflows float64.
     """
     solver = parse_option(Solver, solver, "solver")
     if solver == Solver.POT:
@@ -145,7 +146,7 @@ def optimal_flow_plan(x: ArrayLike, y: ArrayLike, *, solver: Solver | str = "lp"
     g_all = np.stack(gs)
     shape = pair.x.shape if pair.channels_given else pair.x.shape[1:]
     plan = flow_from_arcs(g_all if pair.channels_given else g_all[0], shape)
-    return plan.to(_device_of(x)), total
+    return plan.to(_device_of(x)), checked_w1(total)
 
 
 def _device_of(x: ArrayLike) -> torch.device:
@@ -212,11 +213,13 @@ def min_flow_norm(x: ArrayLike, y: ArrayLike) -> tuple[FlowPlan, float]:
     nv, nh = (h - 1) * w, h * (w - 1)
     deltas, total = np.zeros((c, nv + nh)), 0.0
     for k, (xc, yc) in enumerate(zip(pair.x, pair.y, strict=True)):
-        if pair.mass[k] == 0.0 or nv + nh == 0:
+        reduced = reduce_plane(xc, yc) if nv + nh else None
+        if reduced is None:
             continue
-        value, deltas[k] = _min_flow_norm_lp(h, w).solve(xc, yc)
-        total += value
+        value, delta = _min_flow_norm_lp(h, w).solve(reduced.source, reduced.target)
+        deltas[k] = delta * reduced.mass
+        total += value * reduced.mass
     vert = torch.from_numpy(deltas[:, :nv].reshape(c, h - 1, w))
     horiz = torch.from_numpy(deltas[:, nv:].reshape(c, h, w - 1))
     plan = FlowPlan(vert, horiz) if pair.channels_given else FlowPlan(vert[0], horiz[0])
-    return plan.to(_device_of(x)), total
+    return plan.to(_device_of(x)), checked_w1(total)

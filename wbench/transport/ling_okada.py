@@ -25,7 +25,7 @@ import numpy as np
 
 from wbench._validation import ArrayLike
 from wbench.transport._grid import grid_arcs
-from wbench.transport._inputs import validate_histogram_pair
+from wbench.transport._inputs import checked_w1, reduce_plane, validate_histogram_pair
 
 HIGHS_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 """Options passed to HiGHS through cvxpy for every LP of this package."""
@@ -73,12 +73,16 @@ def solve_ling_okada_plane(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndar
     """Eq. 23 on one (H, W) plane of already validated float64 histograms (no checks).
 
     Returns the optimum (W1 with L1 ground) and an optimal ``g`` (see :func:`solve_ling_okada`).
+    The mass that stays put is removed first (``wbench.transport._inputs.reduce_plane``), so
+    the LP sees two unit-mass histograms and HiGHS's absolute tolerances are relative to W1.
     """
     h, w = x.shape
     arcs = grid_arcs(h, w)
-    if float(x.sum()) == 0.0 or arcs.n_arcs == 0:
+    reduced = reduce_plane(x, y) if arcs.n_arcs else None
+    if reduced is None:
         return 0.0, np.zeros(arcs.n_arcs)
-    return ling_okada_lp(h, w).solve(x, y)
+    value, g = ling_okada_lp(h, w).solve(reduced.source, reduced.target)
+    return value * reduced.mass, g * reduced.mass
 
 
 def solve_ling_okada(x: ArrayLike, y: ArrayLike) -> tuple[float, np.ndarray]:
@@ -101,11 +105,11 @@ def solve_ling_okada(x: ArrayLike, y: ArrayLike) -> tuple[float, np.ndarray]:
     Raises
     ------
     ValueError
-        On invalid input (see ``wbench.transport.w1``).
+        On invalid input (see ``wbench.transport.w1``), or if W1 overflows float64.
     RuntimeError
         If HiGHS does not report an optimal solution.
     """
     pair = validate_histogram_pair(x, y)
     results = [solve_ling_okada_plane(xc, yc) for xc, yc in zip(pair.x, pair.y, strict=True)]
     g = np.stack([r[1] for r in results])
-    return sum(r[0] for r in results), (g if pair.channels_given else g[0])
+    return checked_w1(sum(r[0] for r in results)), (g if pair.channels_given else g[0])

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from ot.lp import emd_wrap
 
 from wbench.transport._grid import grid_arcs
+from wbench.transport._inputs import reduce_plane
 from wbench.transport.pot_solver import emd2_checked
 
 
@@ -74,7 +75,9 @@ def network_w1_plane(x: np.ndarray, y: np.ndarray, *, return_arcs: bool = False)
     Parameters
     ----------
     x, y : numpy.ndarray
-        Validated (H, W) float64 histograms (see ``validate_histogram_pair``).
+        Validated (H, W) float64 histograms (see ``validate_histogram_pair``). The mass that
+        stays put is removed first (``wbench.transport._inputs.reduce_plane``), so the buffer
+        of 1 never swamps small masses: the reduced histograms have unit mass each.
     return_arcs : bool
         Also return an optimal ``g`` of the Ling-Okada LP (Eq. 23), in the arc order
         of ``wbench.transport._grid.grid_arcs``. Without it, the grid is first cropped
@@ -91,9 +94,10 @@ def network_w1_plane(x: np.ndarray, y: np.ndarray, *, return_arcs: bool = False)
         If POT did not reach optimality.
     """
     _require_sparse_emd()
-    mass_x, mass_y = float(x.sum()), float(y.sum())
-    if mass_x == 0.0:
+    reduced = reduce_plane(x, y)
+    if reduced is None:
         return (0.0, np.zeros(grid_arcs(*x.shape).n_arcs)) if return_arcs else 0.0
+    x, y = reduced.source, reduced.target
     if not return_arcs:
         x, y = crop_to_support(x, y)
     h, w = x.shape
@@ -101,11 +105,11 @@ def network_w1_plane(x: np.ndarray, y: np.ndarray, *, return_arcs: bool = False)
     if arcs.n_arcs == 0:
         return (0.0, np.zeros(0)) if return_arcs else 0.0
     cost = transshipment_cost(h, w)
-    supply = x.ravel() / mass_x + 1.0
-    demand = y.ravel() / mass_y + 1.0
+    supply = x.ravel() + 1.0
+    demand = y.ravel() + 1.0
     value, log = emd2_checked(supply, demand, cost, return_matrix=return_arcs)
     if not return_arcs:
-        return value * mass_x
+        return value * reduced.mass
     plan = sp.csr_array(log["G"])
-    g = np.asarray(plan[arcs.head, arcs.tail]).ravel() * mass_x
-    return value * mass_x, g
+    g = np.asarray(plan[arcs.head, arcs.tail]).ravel() * reduced.mass
+    return value * reduced.mass, g

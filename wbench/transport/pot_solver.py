@@ -14,6 +14,7 @@ import numpy as np
 import ot
 
 from wbench.options import Ground
+from wbench.transport._inputs import reduce_plane
 
 POT_OPTIMAL = 1
 """POT's result code for an optimal solution (``ot.lp.emd_wrap.check_result``)."""
@@ -49,9 +50,10 @@ def emd2_checked(a: np.ndarray, b: np.ndarray, cost, **kwargs) -> tuple[float, d
 def pot_w1_plane(x: np.ndarray, y: np.ndarray, ground: Ground) -> float:
     """Exact W1 between two (H, W) float64 histograms of equal mass, with POT.
 
-    Pixels with zero mass are dropped from each side's support first (this changes
-    nothing in the optimum). Both sides are divided by their mass, so that POT sees
-    probability vectors, and the optimum is scaled back: W1 is 1-homogeneous in mass.
+    The mass that stays put is removed first (``wbench.transport._inputs.reduce_plane``:
+    exact, since W1 depends on ``x - y`` only), and POT sees the two remaining unit-mass
+    histograms on their supports (pixels with zero mass are dropped; this changes nothing
+    in the optimum). The optimum is scaled back by the mass moved (W1 is 1-homogeneous).
 
     Parameters
     ----------
@@ -65,12 +67,12 @@ def pot_w1_plane(x: np.ndarray, y: np.ndarray, ground: Ground) -> float:
     RuntimeError
         If POT did not reach optimality.
     """
-    mass_x, mass_y = float(x.sum()), float(y.sum())
-    if mass_x == 0.0:
+    reduced = reduce_plane(x, y)
+    if reduced is None:
         return 0.0
-    fx, fy = x.ravel(), y.ravel()
+    fx, fy = reduced.source.ravel(), reduced.target.ravel()
     sx, sy = np.flatnonzero(fx), np.flatnonzero(fy)
     pos = np.stack(np.unravel_index(np.arange(fx.size), x.shape), axis=1).astype(np.float64)
     cost = ot.dist(pos[sx], pos[sy], metric=_METRIC[ground])
-    value, _ = emd2_checked(fx[sx] / mass_x, fy[sy] / mass_y, cost)
-    return value * mass_x
+    value, _ = emd2_checked(fx[sx], fy[sy], cost)
+    return value * reduced.mass
