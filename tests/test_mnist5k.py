@@ -64,7 +64,7 @@ def test_reproduce_mnist5k_writes_both_units(reproduced):
     out, result = reproduced
     assert (
         result["images"] == 20
-        and result["test_subset"] == "the first 20 of the 1000 test images (2 per class)"
+        and result["test_subset"] == "the first 20 of the 1,000 test images (2 per class)"
     )
     assert result["radius_units"].endswith("normalised mass")
     assert result["radius_units_pixel_mass"].endswith("pixel mass (pixels in [0, 1])")
@@ -73,9 +73,7 @@ def test_reproduce_mnist5k_writes_both_units(reproduced):
     assert "## Radius in normalised mass" in text and "## Radius in pixel mass" in text
     assert "| training images | first 512 of 4,000 | 60,000 (MNIST training set) |" in text
     assert "| n0 / n / alpha | 16 / 64 / 0.05 | 1000 / 10000 / 0.05 |" in text
-    assert (
-        "| training | 1 epochs, lr 0.05 x 0.1 at epochs 45, batch 128," in text
-    )  # read from the checkpoints
+    assert "| training | 1 epochs, lr 0.05 x 0.1 at epoch 45, batch 128," in text  # read from the checkpoints
     assert (out / "certified_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
