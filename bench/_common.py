@@ -18,6 +18,7 @@ class is exported, so asv's discovery finds nothing to run in this module.
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
@@ -223,9 +224,9 @@ def make_train_step(
     """One step of :func:`wbench.training.train_step` in a training mode of :data:`TRAIN_MODES`.
 
     SGD with momentum 0.9 and weight decay 5e-4 (Levine & Feizi, Table 3). Noise modes draw a fresh
-    noise sample per image from a seeded generator on ``device``; penalty modes go through
-    :func:`wbench.penalties.gradient_penalty_loss`. The returned callable runs forward, backward and
-    the optimiser update, then synchronises the device.
+    noise sample per image from the noise stream of ``seed`` (the next step on each call); penalty
+    modes go through :func:`wbench.penalties.gradient_penalty_loss`. The returned callable runs
+    forward, backward and the optimiser update, then synchronises the device.
     """
     from wbench.training import train_step
 
@@ -236,12 +237,14 @@ def make_train_step(
     kwargs: dict = {}
     if mode in ("flow_noise", "laplace_noise"):
         noise = "wasserstein" if mode == "flow_noise" else "laplace"
-        kwargs = dict(noise=noise, sigma=sigma, generator=generator(device, seed))
+        kwargs = dict(noise=noise, sigma=sigma, seed=seed)
     elif mode in ("euclidean_penalty", "wasserstein_penalty"):
         kwargs = dict(penalty=mode.removesuffix("_penalty"), eta=eta, radius=radius)
 
+    steps = itertools.count()
+
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        train_step(model, opt, x, y, **kwargs)
+        train_step(model, opt, x, y, step=next(steps), **kwargs)
         sync(device)
 
     return step

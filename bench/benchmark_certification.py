@@ -33,7 +33,7 @@ class _SmoothingFixture:
         c, h, w = _SHAPE[model_name]
         self.x = common.images(1, c, h, w, device=self.device)[0]
         self.batch_x = self.x.unsqueeze(0).repeat(batch, 1, 1, 1)
-        kwargs = dict(batch_size=batch, device=self.device, generator=0)
+        kwargs = dict(batch_size=batch, device=self.device, seed=0)
         sigma = _SIGMA[model_name]
         self.smoothers = {
             "wasserstein": WassersteinSmoothing(self.model, 10, sigma, **kwargs),
@@ -48,7 +48,7 @@ class _SmoothingFixture:
         common.sync(self.device)
 
     def _smoothed(self, noise: str) -> None:
-        self.smoothers[noise].sample_counts(self.x, self.batch, self.batch)
+        self.smoothers[noise].sample_counts(self.x, self.batch, index=0, batch_size=self.batch)
         common.sync(self.device)
 
 

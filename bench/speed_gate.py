@@ -177,7 +177,7 @@ def _build_smoothing(device) -> tuple[Thunk, Thunk]:
     model = build_model("mnist_wong").to(device).eval()
     x = common.mnist5k_images(1, device=device)[0]
     batch_x = x.unsqueeze(0).repeat(batch, 1, 1, 1)
-    smoother = WassersteinSmoothing(model, 10, 0.01, batch_size=batch, device=device, generator=0)
+    smoother = WassersteinSmoothing(model, 10, 0.01, seed=0, batch_size=batch, device=device)
 
     def forward() -> None:
         with torch.inference_mode():
@@ -185,7 +185,7 @@ def _build_smoothing(device) -> tuple[Thunk, Thunk]:
         common.sync(device)
 
     def smoothed() -> None:
-        smoother.sample_counts(x, batch, batch)
+        smoother.sample_counts(x, batch, index=0, batch_size=batch)
         common.sync(device)
 
     return forward, smoothed

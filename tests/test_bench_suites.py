@@ -69,9 +69,11 @@ CASES = [
 
 def test_every_suite_module_is_collected():
     assert SUITE_MODULES == [
+        "benchmark_attack",
         "benchmark_certification",
         "benchmark_flow",
         "benchmark_gradnorm",
+        "benchmark_scaleout",
         "benchmark_training",
         "benchmark_transport",
     ]

@@ -82,52 +82,61 @@ def test_perturb_preserves_mass_and_draws_per_image(noise, dtype, tol):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 6, 5, generator=g, dtype=dtype)
     x[1] *= 7.0  # different masses per image
-    y = perturb(x, 0.05, noise, generator=g)
+    y = perturb(x, 0.05, noise, seed=0, index=0)
     mass = x.sum((1, 2, 3))
     if noise == "wasserstein":  # flow noise conserves mass per image and per channel
         torch.testing.assert_close(y.sum((2, 3)), x.sum((2, 3)), rtol=tol, atol=tol * 10)
     d = (y - x) / mass.view(-1, 1, 1, 1)
     assert not torch.allclose(d[0], d[2]), "each image must get its own draw by default"
-    shared = perturb(x, 0.05, noise, generator=g, shared_across_batch=True)
+    shared = perturb(x, 0.05, noise, seed=0, index=1, shared_across_batch=True)
     ds = (shared - x) / mass.view(-1, 1, 1, 1)
     torch.testing.assert_close(ds[0], ds[2], rtol=tol, atol=tol)
 
 
 def test_perturb_is_seeded():
     x = torch.rand(2, 1, 5, 5)
-    a = perturb(x, 0.1, generator=torch.Generator().manual_seed(3))
-    b = perturb(x, 0.1, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
+    a = perturb(x, 0.1, seed=3, index=7)
+    assert torch.equal(a, perturb(x, 0.1, seed=3, index=7))
+    assert not torch.equal(a, perturb(x, 0.1, seed=3, index=8))  # the next training step
+    assert not torch.equal(a, perturb(x, 0.1, seed=4, index=7))
+    # a rank that starts at copy 2 draws what rows 2, 3 of a larger batch draw: ranks never repeat
+    big = torch.cat((x, x))
+    rank_1 = perturb(x, 0.1, seed=3, index=7, first_copy=2)
+    torch.testing.assert_close(rank_1, perturb(big, 0.1, seed=3, index=7)[2:], rtol=0, atol=0)
 
 
 def test_perturb_rejects_bad_input():
     x = torch.rand(2, 1, 4, 4)
     with pytest.raises(ValueError, match="NaN or inf"):
-        perturb(torch.full_like(x, float("nan")), 0.1)
+        perturb(torch.full_like(x, float("nan")), 0.1, seed=0, index=0)
     with pytest.raises(ValueError, match="negative mass"):
-        perturb(x - 1.0, 0.1)
+        perturb(x - 1.0, 0.1, seed=0, index=0)
     with pytest.raises(ValueError, match="zero total mass"):
         check_mass_images(torch.zeros(1, 1, 3, 3))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        perturb(x[0], 0.1)
+        perturb(x[0], 0.1, seed=0, index=0)
     with pytest.raises(ValueError, match="sigma must be"):
-        perturb(x, -1.0)
+        perturb(x, -1.0, seed=0, index=0)
     with pytest.raises(ValueError, match="unknown noise"):
-        perturb(x, 0.1, "gaussian")
+        perturb(x, 0.1, "gaussian", seed=0, index=0)
+    with pytest.raises(ValueError, match="index"):
+        perturb(x, 0.1, seed=0, index=-1)
+    with pytest.raises(ValueError, match="overflows"):
+        perturb(x, 1e38, seed=0, index=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_perturb_laplace_noise_has_std_sigma_in_normalised_mass(dtype):
-    # float32 runs the compiled kernel where it is built, float64 the torch path: the same law
+    # float32 and float64 draw the same unit variables; each has the Laplace law
     g = torch.Generator().manual_seed(5)
     x = torch.rand(64, 1, 16, 16, generator=g, dtype=dtype)
     x[::2] *= 3.0
-    d = (perturb(x, 0.05, "laplace", generator=g) - x) / x.sum((1, 2, 3), keepdim=True)
+    d = (perturb(x, 0.05, "laplace", seed=5, index=0) - x) / x.sum((1, 2, 3), keepdim=True)
     assert abs(float(d.std()) - 0.05) < 0.05 * 0.08  # 16384 draws: the std's standard error is ~1.7%
 
 
 def test_perturb_keeps_the_graph_for_inputs_that_require_grad():
     x = torch.rand(3, 1, 5, 5, requires_grad=True)
-    y = perturb(x, 0.1, generator=torch.Generator().manual_seed(0))
+    y = perturb(x, 0.1, seed=0, index=0)
     y.sum().backward()
     torch.testing.assert_close(x.grad, torch.ones_like(x))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from wbench.models import build_model, load_model
 from wbench.noise import image_mass
+from wbench.options import Noise, PenaltyMetric, TrainingNoise, TrainingPenalty
 from wbench.penalties import gradient_penalty_loss
 from wbench.training import PRESETS, TrainConfig, random_crop_flip, train, train_step
 
@@ -71,6 +72,23 @@ def test_config_dict_roundtrip_is_plain():
     json.dumps(d)
     assert TrainConfig.from_dict(d) == cfg
     assert cfg.model_name == "digits_cnn"
+
+
+def test_config_parses_options_once_and_stores_plain_strings():
+    cfg = TrainConfig(noise="Laplace", sigma=0.02)
+    assert cfg.noise is TrainingNoise.LAPLACE and cfg.penalty is TrainingPenalty.NONE
+    d = cfg.to_dict()
+    # checkpoints are loaded with weights_only=True: no Enum may reach the stored dict
+    assert type(d["noise"]) is str and type(d["penalty"]) is str
+    assert (d["noise"], d["penalty"]) == ("laplace", "none")
+    # the dict an earlier version stored (plain strings) still loads
+    old = {**d, "noise": "none", "sigma": None, "penalty": "wasserstein", "eta": 0.1}
+    assert TrainConfig.from_dict(old).penalty is TrainingPenalty.WASSERSTEIN
+
+
+def test_training_options_add_none_to_the_core_choices():
+    assert [m.value for m in TrainingNoise] == ["none", *(m.value for m in Noise)]
+    assert [m.value for m in TrainingPenalty] == ["none", *(m.value for m in PenaltyMetric)]
 
 
 @pytest.mark.parametrize(
@@ -151,7 +169,8 @@ def _step(noise, shared=False, seed=0, shape=(2, 5, 6)):
         noise=noise,
         sigma=0.05,
         shared_noise=shared,
-        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+        step=0,
         check_input=True,
     )
     return x, model.seen[0], loss, correct
@@ -195,6 +214,17 @@ def test_step_clean_loss_is_cross_entropy_before_update():
     loss, _ = train_step(model, opt, x, y)
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"noise": "gaussian"}, "unknown noise 'gaussian'"), ({"penalty": "l2"}, "unknown penalty 'l2'")],
+)
+def test_step_rejects_unknown_options(option, message):
+    model = _Recorder((1, 4, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        train_step(model, opt, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), sigma=0.1, eta=0.1, **option)
 
 
 def test_step_rejects_negative_images_when_checking():
@@ -272,7 +302,7 @@ def test_train_writes_weights_only_checkpoint_and_metrics(tmp_path):
     assert {"train_loss", "train_acc", "test_acc", "seconds", "lr"} <= set(ckpt["metrics"][0])
     # MultiStepLR at milestone 1: lr 0.05 for epoch 1, 0.005 for epoch 2
     assert [m["lr"] for m in ckpt["metrics"]] == pytest.approx([0.05, 0.005], rel=1e-12)
-    assert ckpt["rng"]["noise"].dtype == torch.uint8 and ckpt["rng"]["cpu"].dtype == torch.uint8
+    assert ckpt["rng"]["augment"].dtype == torch.uint8 and ckpt["rng"]["cpu"].dtype == torch.uint8
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["metrics"] == ckpt["metrics"] and on_disk["epochs_completed"] == 2
     model, _ = load_model(summary["checkpoint"], device="cpu")
@@ -299,7 +329,7 @@ def test_resume_after_interruption_is_exact(tmp_path, mode):
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    for name in ("noise", "augment", "cpu"):
+    for name in ("augment", "cpu"):  # training noise is keyed by the step: no state
         assert torch.equal(a["rng"][name], b["rng"][name])
     strip = [{k: v for k, v in m.items() if k != "seconds"} for m in a["metrics"]]
     assert strip == [{k: v for k, v in m.items() if k != "seconds"} for m in b["metrics"]]

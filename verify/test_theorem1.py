@@ -22,6 +22,7 @@ Three independent lines of evidence:
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -32,7 +33,8 @@ from torch import nn
 
 from wbench import FlowPlan, apply_flow, certified_radius, optimal_flow_plan, w1
 from wbench.certification import lower_confidence_bound
-from wbench.flow import apply_flow_unchecked, sample_laplace_flow
+from wbench.flow import apply_flow_unchecked
+from wbench.noise import sample_laplace_flow
 from wbench.smoothing import WassersteinSmoothing
 
 SQRT2 = math.sqrt(2.0)
@@ -161,13 +163,13 @@ def test_library_smoothing_matches_the_closed_form(claims):
             return torch.stack([-s, s], dim=1)
 
     sigma, t, n = 0.05, 0.25, 200_000
-    for mass, x00 in ((1.0, 0.28), (7.0, 0.2), (0.3, 0.26)):
+    for index, (mass, x00) in enumerate(((1.0, 0.28), (7.0, 0.2), (0.3, 0.26))):
         rest = (1 - x00) / 3
         x = torch.tensor([[[x00, rest], [rest, rest]]], dtype=torch.float64) * mass
         sm = WassersteinSmoothing(
-            PixelThreshold(t).double(), 2, sigma, batch_size=50_000, generator=0, device="cpu"
+            PixelThreshold(t).double(), 2, sigma, seed=0, batch_size=50_000, device="cpu"
         )
-        k = int(sm.sample_counts(x, n)[1])
+        k = int(sm.sample_counts(x, n, index=index)[1])
         p_exact = float(laplace_sum2_sf(t - x00, sigma))
         ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.9999, method="exact")
         half = (ci.high - ci.low) / 2
@@ -244,9 +246,8 @@ def test_additivity_used_by_the_proof(claims, c, h, w, kind):
     )
 
     # Eqs. 39 and 41, sample by sample: Delta(x, d) = Delta(u, delta_x + d) and f = f_flow
-    g = torch.Generator().manual_seed(7)
     n = 2000
-    d = sample_laplace_flow((n, c, h, w), 0.05, generator=g, dtype=torch.float64)
+    d = sample_laplace_flow((n, c, h, w), 0.05, seed=7, dtype=torch.float64)
     via_x = apply_flow_unchecked(xt.expand(n, c, h, w), d.vertical, d.horizontal)
     via_u = apply_flow_unchecked(
         ut.expand(n, c, h, w), plan_x.vertical + d.vertical, plan_x.horizontal + d.horizontal
@@ -301,7 +302,6 @@ class Tiny(nn.Module):
 
 def candidate_plans(x: torch.Tensor, label: int, rho: float, sigma: float, seed: int) -> list[FlowPlan]:
     """Flow plans of L1 norm <= rho aimed at lowering p_label: ball vertices, random boundary plans, PGD."""
-    g = torch.Generator().manual_seed(seed)
     n_v, n_h = 6, 6
     plans: list[torch.Tensor] = []
     for k in range(n_v + n_h):  # vertices: all of the budget on one flow variable
@@ -309,14 +309,14 @@ def candidate_plans(x: torch.Tensor, label: int, rho: float, sigma: float, seed:
             e = torch.zeros(n_v + n_h, dtype=torch.float64)
             e[k] = s
             plans.append(e)
-    for _ in range(16):  # random plans on the boundary
-        r = sample_laplace_flow((1, 1, 3, 3), 1.0, generator=g, dtype=torch.float64)
-        e = torch.cat([r.vertical.flatten(), r.horizontal.flatten()])
+    r = sample_laplace_flow((16, 1, 3, 3), 1.0, seed=seed, index=0, dtype=torch.float64)
+    for k in range(16):  # random plans on the boundary
+        e = torch.cat([r.vertical[k].flatten(), r.horizontal[k].flatten()])
         plans.append(e * (rho / e.abs().sum()))
     # PGD on a smooth surrogate of p_label with common random numbers
     net = Tiny()
     xn = x / x.sum()
-    noise = sample_laplace_flow((512, 1, 3, 3), sigma, generator=g, dtype=torch.float64)
+    noise = sample_laplace_flow((512, 1, 3, 3), sigma, seed=seed, index=1, dtype=torch.float64)
     for start in range(2):
         e = plans[start * 7].clone().requires_grad_(True)
         for _ in range(40):
@@ -331,9 +331,9 @@ def candidate_plans(x: torch.Tensor, label: int, rho: float, sigma: float, seed:
     return [FlowPlan(p[:n_v].view(1, 2, 3), p[n_v:].view(1, 3, 2)) for p in plans]
 
 
-def p_upper(sm: WassersteinSmoothing, x: torch.Tensor, label: int, n: int, alpha: float) -> float:
-    """One-sided (1 - alpha) upper confidence bound on P(f(noisy x) = label)."""
-    k = int(sm.sample_counts(x, n)[label])
+def p_upper(sm: WassersteinSmoothing, x: torch.Tensor, label: int, n: int, alpha: float, index: int) -> float:
+    """One-sided (1 - alpha) upper confidence bound on P(f(noisy x) = label), from noise stream ``index``."""
+    k = int(sm.sample_counts(x, n, index=index)[label])
     return 1.0 - lower_confidence_bound(n - k, n, alpha)
 
 
@@ -349,14 +349,14 @@ def one_thread():
 def test_no_flip_inside_the_certified_ball_and_flips_outside(claims, one_thread):
     sigma, n0, n, alpha = 0.02, 500, 20_000, 1e-3
     n_test, alpha_test, outside = 10_000, 1e-6, 6
-    sm = WassersteinSmoothing(Tiny(), 3, sigma, batch_size=20_000, generator=0, device="cpu")
+    sm = WassersteinSmoothing(Tiny(), 3, sigma, seed=0, batch_size=20_000, device="cpu")
+    fresh = itertools.count(10_000)  # every upper bound draws its own noise stream
     rng = np.random.default_rng(0)
     certified, flips_outside, searched = 0, 0, 0
     for point in range(40):
         x = torch.from_numpy(0.08 + 0.1 * rng.random((1, 3, 3))) * 2.5  # every pixel >= 0.068 of the mass
         xn_min = float((x / x.sum()).min())
-        sm.generator.manual_seed(1000 + point)
-        pred, p_lower, rho = sm.certify(x, n0, n, alpha)
+        pred, p_lower, rho = sm.certify(x, n0, n, alpha, index=point)
         if pred < 0 or not (0.6 < p_lower < 0.995) or outside * rho >= xn_min:
             continue  # moderate radii, and perturbed images stay non-negative even at 6 rho
         certified += 1
@@ -365,7 +365,7 @@ def test_no_flip_inside_the_certified_ball_and_flips_outside(claims, one_thread)
         worst = 1.0
         for plan in candidate_plans(x, pred, rho, sigma, seed=point):
             x_tilde = apply_flow(x, FlowPlan(plan.vertical * mass, plan.horizontal * mass))
-            worst = min(worst, p_upper(sm, x_tilde, pred, n_test, alpha_test))
+            worst = min(worst, p_upper(sm, x_tilde, pred, n_test, alpha_test, next(fresh)))
             searched += 1
         # Theorem 1 with p_B <= 1 - p_A gives p_A(x~) >= 1/2 on the whole ball; fail only on strong evidence
         claims.leq(
@@ -378,7 +378,12 @@ def test_no_flip_inside_the_certified_ball_and_flips_outside(claims, one_thread)
         # power: the same search at 6 rho finds significant flips (the bound is ~4x conservative here)
         best_outside = min(
             p_upper(
-                sm, apply_flow(x, FlowPlan(p.vertical * mass, p.horizontal * mass)), pred, n_test, alpha_test
+                sm,
+                apply_flow(x, FlowPlan(p.vertical * mass, p.horizontal * mass)),
+                pred,
+                n_test,
+                alpha_test,
+                next(fresh),
             )
             for p in candidate_plans(x, pred, outside * rho, sigma, seed=point)
         )

@@ -1,7 +1,15 @@
 """wbench: verification and benchmark harness for Wasserstein robustness.
 
-The public API is small (see ``__all__``); heavy submodules (cvxpy, POT, torchvision)
-load on first use, so ``import wbench`` stays fast.
+The public API is the short list of README.md's "Public API" (``__all__``). Operational
+helpers stay in their modules: :class:`wbench.training.TrainConfig` and
+:func:`wbench.training.train`, :func:`wbench.models.build_model` and
+:func:`wbench.models.load_model`, :func:`wbench.devices.resolve_device`, the option enums of
+:mod:`wbench.options`, :func:`wbench.flow.compose_flows`,
+:func:`wbench.penalties.gradient_penalty_loss`, :func:`wbench.gradnorm.wasserstein_laplacian`, and
+the rest.
+
+cvxpy, POT, torchvision and scikit-learn load inside the functions that need them:
+``import wbench`` loads torch and scipy.stats, and nothing heavier.
 
 References
 ----------
@@ -11,51 +19,27 @@ References
    Regularization." 2019.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
 
-# public name -> submodule that defines it
-_EXPORTS = {
-    "FlowPlan": "wbench.flow",
-    "apply_flow": "wbench.flow",
-    "compose_flows": "wbench.flow",
-    "sample_laplace_flow": "wbench.flow",
-    "w1": "wbench.transport",
-    "optimal_flow_plan": "wbench.transport",
-    "certified_radius": "wbench.certification",
-    "WassersteinSmoothing": "wbench.smoothing",
-    "LaplaceSmoothing": "wbench.smoothing",
-    "wasserstein_grad_norm_sq": "wbench.gradnorm",
-    "wasserstein_laplacian": "wbench.gradnorm",
-    "gradient_penalty_loss": "wbench.penalties",
-    "build_model": "wbench.models",
-    "load_model": "wbench.models",
-    "load_dataset": "wbench.data",
-    "TrainConfig": "wbench.training",
-    "train": "wbench.training",
-    "Ground": "wbench.options",
-    "Solver": "wbench.options",
-    "Noise": "wbench.options",
-    "GradNormImpl": "wbench.options",
-    "Convention": "wbench.options",
-    "resolve_device": "wbench.devices",
-}
+from wbench.attacks import AttackResult, attack
+from wbench.certification import certified_radius
+from wbench.data import load_dataset
+from wbench.flow import FlowPlan, apply_flow
+from wbench.gradnorm import wasserstein_grad_norm_sq
+from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
+from wbench.transport import optimal_flow_plan, w1
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wbench' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "FlowPlan",
+    "apply_flow",
+    "w1",
+    "optimal_flow_plan",
+    "certified_radius",
+    "wasserstein_grad_norm_sq",
+    "load_dataset",
+    "WassersteinSmoothing",
+    "LaplaceSmoothing",
+    "attack",
+    "AttackResult",
+    "__version__",
+]

@@ -141,24 +141,6 @@ def check_same_shape(a_name: str, a: ArrayLike, b_name: str, b: ArrayLike) -> No
         raise ValueError(f"shape mismatch: {a_name} {tuple(a.shape)} vs {b_name} {tuple(b.shape)}")
 
 
-def check_equal_mass(x: np.ndarray, y: np.ndarray, *, channel_axis: int | None) -> None:
-    """Raise if ``x`` and ``y`` differ in total mass (per channel when ``channel_axis`` is set).
-
-    The comparison is relative, with :func:`mass_rtol` of the inputs' dtype.
-    """
-    if channel_axis is None:
-        mx, my = np.atleast_1d(x.sum()), np.atleast_1d(y.sum())
-    else:
-        axes = tuple(i for i in range(x.ndim) if i != channel_axis)
-        mx, my = x.sum(axis=axes), y.sum(axis=axes)
-    tol = mass_rtol(x.dtype) * np.maximum(np.maximum(np.abs(mx), np.abs(my)), 1e-300)
-    bad = np.abs(mx - my) > tol
-    if bad.any():
-        where = "" if channel_axis is None else f" in channel {int(np.argmax(bad))}"
-        i = int(np.argmax(bad))
-        raise ValueError(f"unequal mass{where}: {mx[i]:.12g} vs {my[i]:.12g}; W1 needs equal total mass")
-
-
 def is_real_number(value: object) -> bool:
     """Whether ``value`` is a real Python or numpy scalar (int, float; never bool, complex or str)."""
     return isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)

@@ -166,6 +166,16 @@ def certified_radius(
     return r / math.sqrt(2.0) if ground is Ground.L2 else r
 
 
+def check_alpha(alpha: float) -> None:
+    """Raise ``ValueError`` unless ``alpha`` is a significance level in (0, 1/2).
+
+    One range for every procedure: at ``alpha >= 1/2`` the one-sided lower bound of CERTIFY is no
+    longer below the point estimate, and PREDICT's test would not be a test.
+    """
+    if not (is_real_number(alpha) and 0.0 < alpha < 0.5):
+        raise ValueError(f"alpha must be in (0, 0.5), got {plain(alpha)}")
+
+
 def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion.
 
@@ -176,8 +186,7 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
         raise ValueError(f"n must be a positive integer, got {plain(n)}")
     if not (0 <= n_a <= n):
         raise ValueError(f"count n_a={plain(n_a)} must lie in [0, n={plain(n)}]")
-    if not (0.0 < alpha < 0.5):
-        raise ValueError(f"alpha must be in (0, 0.5), got {plain(alpha)}")
+    check_alpha(alpha)
     return float(
         binomtest(int(n_a), int(n)).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
     )

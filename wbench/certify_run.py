@@ -6,12 +6,14 @@ Layout of an output folder::
     certify.csv                one row per image, appended and fsynced as it finishes
     summary.json               certified accuracy on a radius grid, mean radius, throughput, versions
     certified_accuracy.png     certified accuracy vs radius
+    shards/certify.rank<R>.csv rows of rank R under torchrun, until rank 0 merges them (wbench.sharding)
 
-Rerunning with the same settings skips the images already in ``certify.csv`` (a torn last
-line from a crash is dropped and that image redone). Rerunning with different settings
-raises ``ValueError`` instead of mixing two runs. Each image's noise comes from its own
-seed (the run seed and the image index), so results do not depend on which images ran
-before, on the sub-batch size (CPU) or on resuming.
+Rerunning with the same settings skips the images already in ``certify.csv`` or in a shard
+(a torn last line from a crash is dropped and that image redone). Rerunning with different
+settings raises ``ValueError`` instead of mixing two runs. Each image's noise is the stream of
+the run seed and the image's data-set index (:mod:`wbench.noise_stream`), so results do not
+depend on which images ran before, on how the data set is split, on the sub-batch size, on
+resuming or on how many processes share the images.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from wbench import distributed as dist
 from wbench.certification import ABSTAIN, certified_accuracy, certified_radius, resolve_ground
 from wbench.options import Convention, Noise, parse_option
-from wbench.runio import CsvAppender, atomic_write_json, environment_record, locked_output, read_csv_rows
+from wbench.runio import CsvAppender, atomic_write_json, environment_record, read_csv_rows
+from wbench.sharding import ImageShards, RunProgress
 
 CSV_FIELDS = ("index", "label", "prediction", "p_lower", "radius", "correct", "seconds")
 RUN_FILE, CSV_FILE, SUMMARY_FILE, PLOT_FILE = (
@@ -79,11 +83,6 @@ class CertifySettings:
         d = asdict(self)
         d.pop("batch_size")
         return d
-
-
-def image_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for one image, from the run seed and the image's data-set index."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def max_radius(settings: CertifySettings) -> float:
@@ -193,7 +192,9 @@ def certify_dataset(
         If another run holds ``out_dir`` (:func:`wbench.runio.locked_output`), or it holds
         rows of other settings.
     """
-    with locked_output(out_dir):
+    indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
+    dist.agree("certification settings", _launch_record(settings, source, out_dir, indices))
+    with dist.output_lock(out_dir):
         return _certify_in_locked_folder(
             model, dataset, indices, settings, out_dir, num_classes=num_classes, device=device,
             source=source, radii=radii, progress=progress,
@@ -213,33 +214,28 @@ def _certify_in_locked_folder(
     radii: Sequence[float] | None,
     progress: bool,
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
 
     out_dir = Path(out_dir)
     record = _as_jsonable({"settings": settings.identity(), "source": source or {}})
-    _check_or_write_run(out_dir, record)
+    dist.on_main(_check_or_write_run, out_dir, record)
 
     cls = WassersteinSmoothing if settings.noise == Noise.WASSERSTEIN else LaplaceSmoothing
     smoothed = cls(
-        model, num_classes, settings.sigma, batch_size=settings.batch_size, device=device, generator=0
+        model, num_classes, settings.sigma, seed=settings.seed, batch_size=settings.batch_size, device=device
     )
-    csv_path = out_dir / CSV_FILE
-    indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is certified once
-    done = {int(r["index"]) for r in read_csv_rows(csv_path)}
-    todo = [i for i in indices if i not in done]
+    shards = ImageShards(out_dir / CSV_FILE, CSV_FIELDS)
+    mine, left = shards.split(indices)
     per_image = settings.n0 + settings.n
-    with CsvAppender(csv_path, CSV_FIELDS) as appender:
-        bar = tqdm(todo, desc=f"certify {settings.noise} sigma={settings.sigma:g}", disable=not progress)
-        samples, busy = 0, 0.0
-        for i in bar:
+    with CsvAppender(shards.path, CSV_FIELDS) as appender:
+        desc = f"certify {settings.noise} sigma={settings.sigma:g} ({left} images)"
+        run = RunProgress(left, per_image, desc=desc, enabled=progress)
+        for i in mine:
             x, y = dataset[i]
-            smoothed.generator.manual_seed(image_seed(settings.seed, i))
             t0 = time.perf_counter()
             pred, p_lower, radius = smoothed.certify(
-                torch.as_tensor(x), settings.n0, settings.n, settings.alpha,
-                ground=settings.ground, convention=settings.convention,
+                torch.as_tensor(x), settings.n0, settings.n, settings.alpha, index=i,
+                ground=settings.ground, convention=settings.convention, progress=run.advance,
             )  # fmt: skip
             dt = time.perf_counter() - t0
             appender.append(
@@ -253,10 +249,24 @@ def _certify_in_locked_folder(
                     "seconds": f"{dt:.4f}",
                 }
             )
-            samples, busy = samples + per_image, busy + dt
-            bar.set_postfix(samples_per_s=f"{samples / max(busy, 1e-9):.0f}")
-        bar.close()
-    return write_summary(out_dir, settings, radii=radii, indices=indices, extra={"source": source or {}})
+            run.step()
+        launch = run.close()
+    shards.merge()
+    extra = {"source": source or {}, "launch": launch}
+    return dist.on_main(write_summary, out_dir, settings, radii=radii, indices=indices, extra=extra)
+
+
+def _launch_record(
+    settings: CertifySettings, source: dict[str, Any] | None, out_dir: str | os.PathLike, indices: list[int]
+) -> dict[str, Any]:
+    """What every rank of a launch must agree on: settings, provenance, folder and images."""
+    digest = hashlib.sha256(json.dumps(indices).encode()).hexdigest()[:16]
+    return {
+        "settings": asdict(settings),
+        "source": source or {},
+        "out": str(out_dir),
+        "indices": f"{len(indices)} images, sha256 {digest}",
+    }
 
 
 def read_certify_rows(

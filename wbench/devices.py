@@ -22,9 +22,3 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device type {dev.type!r}; use 'cpu', 'cuda' or 'auto'")
     return dev
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued work on ``device`` (a no-op on the CPU); use around GPU timings."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

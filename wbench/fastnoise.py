@@ -1,190 +1,119 @@
-"""Fused CPU sampling of smoothing noise (the compiled kernel ``wbench/_csrc/fastnoise.c``).
+"""The compiled CPU implementation of the noise stream (``wbench/_csrc/noise_op.cpp``).
 
-On the CPU in float32, drawing ``n`` noisy copies ``x + s * div(L)`` of an image (Wasserstein
-smoothing, Levine & Feizi Eq. 33 with Definition 3.1) or ``x + s * L`` (the Laplace baseline)
-as separate torch operations costs one random-number pass and about ten element-wise passes
-over ``n * (2HW - H - W)`` variables, comparable to a forward pass of a small network. The
-kernel does it in one pass per image, in cache: Philox4x32-10 words (Salmon et al., 2011;
-checked against the Random123 known-answer vectors; AVX-512 where the CPU has it), the
-inverse-CDF Laplace transform of :func:`wbench.flow.laplace_from_words`, and the flow stencil.
+On the CPU (float32 or float64 images), drawing ``n`` noisy copies of an image as separate torch
+operations costs the stream's integer arithmetic plus about ten element-wise passes, more than a
+forward pass of a small network. The operator ``torch.ops.wbench_noise.noisy_copies`` does it in
+one pass per copy, in cache: the Philox words, the Laplace transform and the flow stencil of
+:mod:`wbench.noise_stream`, with the same floating-point operations in the same order, so its
+copies equal the portable implementation's bit for bit. Copies are split over torch's own
+intra-op threads with ``at::parallel_for``; the result does not depend on the split.
 
-Batches run on ``torch.get_num_threads()`` threads of torch's own OpenMP team: the kernel calls
-``GOMP_parallel`` of the OpenMP runtime torch has loaded, so no second thread pool competes with
-torch's (whose threads keep spinning for a while after each operator). Where that runtime
-cannot be found, the kernel runs on the calling thread.
+The operator is built with ``torch.utils.cpp_extension.load`` on first use (about 20 s) and cached
+in torch's extension folder (``$TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions/<python>_<device>/wbench_noise_<hash>``, the hash naming the source
+and flags; torch's lock file serialises concurrent first builds). Where no C++ compiler exists or
+the build fails, one warning names the reason and callers use the portable implementation: the
+same noise, more slowly. ``WBENCH_FASTNOISE=0`` forces the portable implementation.
 
-Image ``g`` of a call draws from the Philox stream with counters ``(j, 0, lo32(g), hi32(g))``
-under the call's 64-bit key, so the noise of an image depends only on the key and its index,
-never on how a batch is split into sub-batches or threads.
-
-The kernel is built by ``pip install`` as an optional extension. Where it is missing (no C
-compiler, another platform) or disabled with ``WBENCH_FASTNOISE=0``, :func:`available` is
-``False`` and callers use the torch implementation, which draws different (equally
-distributed) noise for the same seed.
+The OpenMP region of ``at::parallel_for`` compiles to calls into an OpenMP runtime; the operator
+is not linked against one, so the dynamic linker binds them to the runtime of ``libtorch_cpu``
+(which the operator links), and the copies run on torch's own thread team.
 """
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
+import functools
+import hashlib
+import logging
 import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-__all__ = ["available", "noisy_copies", "philox4x32_10", "random_key", "usable"]
+__all__ = ["available", "load", "noisy_copies", "usable"]
+
+SOURCE = Path(__file__).resolve().parent / "_csrc" / "noise_op.cpp"
+# -ffp-contract=off: every a + s * b is a rounded product, then a rounded sum, as in torch
+CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math")
 
 
-def _load() -> ctypes.CDLL | None:
+def _import_cpp_extension() -> Any:
+    """``torch.utils.cpp_extension``, without the CUDA-home notice it logs on import on CPU-only machines."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
+@functools.cache
+def load() -> Any | None:
+    """``torch.ops.wbench_noise`` (compiled on first use), or ``None`` if disabled or not buildable."""
     if os.environ.get("WBENCH_FASTNOISE", "1") == "0":
         return None
-    spec = importlib.util.find_spec("wbench._fastnoise")
-    if spec is None or spec.origin is None:
-        return None
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:12]
     try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError:
+        cpp_extension = _import_cpp_extension()
+        cpp_extension.load(
+            name=f"wbench_noise_{digest}",
+            sources=[str(SOURCE)],
+            extra_cflags=list(CFLAGS),
+            is_python_module=False,
+            verbose=False,
+        )
+    # no compiler / ninja (OSError, RuntimeError), a failed compile or link (CalledProcessError,
+    # RuntimeError), a library that does not load (OSError)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        warnings.warn(
+            f"wbench: the fast CPU noise operator could not be built ({reason}); using the portable "
+            "torch implementation of the same noise stream (identical results, slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
-    u32, i64, u64, ptr = ctypes.c_uint32, ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p
-    lib.wb_philox4x32_10.argtypes = [u32, u32, u32, u32, u32, u32, i64, ptr]
-    lib.wb_philox4x32_10.restype = None
-    lib.wb_philox_image_words.argtypes = [u32, u32, u32, u32, i64, ptr, ctypes.c_int]
-    lib.wb_philox_image_words.restype = None
-    images = [ptr, i64, ptr, i64, ptr, i64, i64, i64, i64, u32, u32, u64, ctypes.c_int]
-    lib.wb_noisy_copies_f32.argtypes = images
-    lib.wb_noisy_copies_f32.restype = ctypes.c_int
-    lib.wb_noisy_copies_f32_parallel.argtypes = [*images, ptr, ctypes.c_uint, i64]
-    lib.wb_noisy_copies_f32_parallel.restype = ctypes.c_int
-    return lib
-
-
-def _torch_gomp_parallel() -> int | None:
-    """Address of ``GOMP_parallel`` in the OpenMP runtime torch has loaded, or ``None``."""
-    if "OpenMP" not in torch.__config__.parallel_info():
-        return None
-    try:
-        with open("/proc/self/maps") as maps:  # Linux: the loaded libraries
-            paths = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
-    except OSError:
-        return None
-    torch_lib = os.path.dirname(torch.__file__)
-    for path in sorted(paths, key=lambda p: not p.startswith(torch_lib)):  # torch's own runtime first
-        try:  # dlopen of a loaded library returns that same instance
-            return ctypes.cast(ctypes.CDLL(path).GOMP_parallel, ctypes.c_void_p).value
-        except (OSError, AttributeError):
-            continue
-    return None
-
-
-_LIB = _load()
-_GOMP_PARALLEL = _torch_gomp_parallel() if _LIB is not None else None
+    return torch.ops.wbench_noise
 
 
 def available() -> bool:
-    """Whether the compiled kernel is loaded (built, and not disabled by ``WBENCH_FASTNOISE=0``)."""
-    return _LIB is not None
+    """Whether the compiled operator is in use (builds it on first call)."""
+    return load() is not None
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether :func:`noisy_copies` applies to images like ``x`` (CPU, float32, kernel loaded)."""
-    return _LIB is not None and x.device.type == "cpu" and x.dtype == torch.float32
-
-
-def random_key(generator: torch.Generator | None = None) -> tuple[int, int]:
-    """A Philox key (two 32-bit words) drawn from ``generator``: a new noise stream."""
-    k0, k1 = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator).tolist()
-    return k0, k1
-
-
-def _lib() -> ctypes.CDLL:
-    if _LIB is None:
-        raise RuntimeError("the compiled fastnoise kernel is not available (see wbench.fastnoise)")
-    return _LIB
-
-
-def philox4x32_10(key: tuple[int, int], counter: tuple[int, int, int, int], blocks: int) -> np.ndarray:
-    """Philox4x32-10 words of counters ``counter + j`` (j < ``blocks``, carried into word 1), as uint32.
-
-    Word ``i`` of block ``j`` is element ``4 j + i``. The portable reference, for known-answer tests.
-    """
-    out = np.empty(4 * blocks, dtype=np.uint32)
-    _lib().wb_philox4x32_10(*key, *counter, blocks, out.ctypes.data)
-    return out
-
-
-def image_words(key: tuple[int, int], image: int, blocks: int, *, simd: bool = True) -> np.ndarray:
-    """The words that image ``image`` draws (counters ``(j, 0, lo32(image), hi32(image))``), as uint32.
-
-    ``simd=False`` forces the portable loop instead of the AVX-512 one, for tests.
-    """
-    out = np.empty(4 * blocks, dtype=np.uint32)
-    _lib().wb_philox_image_words(*key, image & 0xFFFFFFFF, image >> 32, blocks, out.ctypes.data, int(simd))
-    return out
+    """Whether :func:`noisy_copies` applies to ``x``: CPU, float32 or float64, no autograd graph."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and load() is not None
+    )
 
 
 def noisy_copies(
     x: torch.Tensor,
     scale: torch.Tensor,
-    out: torch.Tensor,
+    index: torch.Tensor,
+    copy: torch.Tensor,
     *,
-    key: tuple[int, int],
-    first_image: int = 0,
-    flow: bool = True,
-    threads: int | None = None,
+    seed: int,
+    tag: int,
+    flow: bool,
+    out: torch.Tensor,
 ) -> torch.Tensor:
-    """Write noisy copies of ``x`` into ``out`` ``(N, C, H, W)`` with the compiled kernel.
+    """Write the copies addressed by ``(seed, index[g], copy[g], tag)`` into ``out`` and return it.
 
-    Parameters
-    ----------
-    x : torch.Tensor
-        ``(1, C, H, W)`` (one image, broadcast) or ``(N, C, H, W)``, contiguous CPU float32.
-    scale : torch.Tensor
-        The Laplace scale ``s`` of each copy: ``(1,)`` (shared) or ``(N,)``, float32.
-    out : torch.Tensor
-        Contiguous CPU float32 ``(N, C, H, W)``; overwritten and returned.
-    key : (int, int)
-        The Philox key (:func:`random_key`).
-    first_image : int
-        Index of ``out[0]`` in the stream: a sampler that draws ``n`` copies in sub-batches
-        passes the number of copies drawn so far.
-    flow : bool
-        ``True``: Wasserstein flow noise ``x + s div(L)``; ``False``: pixel noise ``x + s L``.
-    threads : int, optional
-        Threads of torch's OpenMP team to use (default ``torch.get_num_threads()``). The
-        result does not depend on it.
+    ``x`` ``(1 or N, C, H, W)``, ``scale`` ``(1 or N,)`` (the Laplace scale of each copy) and ``out``
+    ``(N, C, H, W)`` are contiguous CPU tensors of one dtype, float32 or float64; ``index`` and
+    ``copy`` are int64 ``(N,)``. See :func:`wbench.noise.noisy_copies` for the definition.
     """
-    lib = _lib()
-    n, c, h, w = out.shape
-    for name, t in (("x", x), ("scale", scale), ("out", out)):
-        if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous CPU float32 tensor, got {t.dtype} on {t.device}")
-    if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w) or x.shape[0] not in (1, n):
-        raise ValueError(f"x of shape {tuple(x.shape)} does not match out of shape {tuple(out.shape)}")
-    if scale.ndim != 1 or scale.shape[0] not in (1, n):
-        raise ValueError(f"scale must have shape (1,) or ({n},), got {tuple(scale.shape)}")
-    if not (0 <= first_image and first_image + n <= 2**64):
-        raise ValueError(f"first_image must be in [0, 2**64 - {n}], got {first_image}")
-    args = (
-        x.data_ptr(),
-        0 if x.shape[0] == 1 else c * h * w,
-        scale.data_ptr(),
-        0 if scale.shape[0] == 1 else 1,
-        out.data_ptr(),
-        n,
-        c,
-        h,
-        w,
-        key[0],
-        key[1],
-        first_image,
-        int(flow),
-    )
-    threads = torch.get_num_threads() if threads is None else int(threads)
-    if _GOMP_PARALLEL is not None and threads > 1 and n > 1:
-        chunk = max(1, n // (4 * threads))  # an atomic counter hands chunks to the team
-        status = lib.wb_noisy_copies_f32_parallel(*args, _GOMP_PARALLEL, threads, chunk)
-    else:
-        status = lib.wb_noisy_copies_f32(*args)
-    if status:
-        raise MemoryError("fastnoise: could not allocate the per-image scratch buffer")
-    return out
+    ops = load()
+    if ops is None:
+        raise RuntimeError("the compiled noise operator is not available (see wbench.fastnoise)")
+    return ops.noisy_copies(x, scale, index, copy, seed, int(tag), flow, out)

@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 
 from wbench.gradnorm import wasserstein_grad_norm_sq
-from wbench.options import parse_option
-
-
-class PenaltyMetric(StrEnum):
-    """Metric of the input-gradient penalty."""
-
-    EUCLIDEAN = "euclidean"
-    WASSERSTEIN = "wasserstein"
+from wbench.options import GradNormImpl, PenaltyMetric, parse_option
 
 
 def gradient_penalty_loss(
@@ -32,7 +24,7 @@ def gradient_penalty_loss(
     x: torch.Tensor,
     y: torch.Tensor,
     eta: float,
-    metric: PenaltyMetric | str = "euclidean",
+    metric: PenaltyMetric | str = PenaltyMetric.EUCLIDEAN,
     radius: float = 2,
     **graph_opts,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,7 +49,7 @@ def gradient_penalty_loss(
         Integer class labels.
     eta : float
         Regularisation strength (>= 0); the penalty is weighted by ``eta**2``.
-    metric : {"euclidean", "wasserstein"}
+    metric : {"euclidean", "wasserstein"} or PenaltyMetric
     radius : float, default 2
         Graph radius of the Wasserstein metric (ignored for ``"euclidean"``).
     **graph_opts
@@ -115,7 +107,9 @@ def gradient_penalty_loss(
         norms = grad.pow(2).flatten(1).sum(1)
     else:
         # x was checked above and grad comes from autograd (a NaN in it shows in the loss)
-        norms = wasserstein_grad_norm_sq(x.detach(), grad, radius, "conv", check=False, **graph_opts)
+        norms = wasserstein_grad_norm_sq(
+            x.detach(), grad, radius, GradNormImpl.CONV, check=False, **graph_opts
+        )
     penalty = norms.mean()
     total = data_loss + float(eta) ** 2 * penalty
     return total, data_loss, penalty

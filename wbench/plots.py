@@ -70,3 +70,91 @@ def plot_certified_accuracy_panels(
     finally:
         plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_robust_accuracy(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float | None]]],
+    path: str | os.PathLike,
+    *,
+    certified: tuple[Sequence[float], Sequence[float]] | None = None,
+    mean_mass: float | None = None,
+    title: str = "",
+    xlabel: str = "W1 radius (normalised mass)",
+) -> None:
+    """Empirical robust accuracy vs attack budget (markers), with a certified curve on the same axes.
+
+    The structure of Levine & Feizi's Figure 7: the certificate is a lower bound and the attack an
+    upper bound on the true robust accuracy at each radius. With ``mean_mass`` a top axis gives the
+    radius in pixel-mass units (times the mean total mass of the images).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
+    try:
+        for label, (eps, acc) in curves.items():
+            pts = [(e, a) for e, a in zip(eps, acc, strict=True) if a is not None]
+            if pts:
+                e, a = np.asarray(pts).T
+                ax.plot(e, 100 * a, marker="o", label=label)
+        if certified is not None:
+            ax.step(np.asarray(certified[0]), 100 * np.asarray(certified[1]), where="post", linestyle="--",
+                    label="certified accuracy (lower bound)")  # fmt: skip
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        if mean_mass is not None and mean_mass > 0:
+            top = ax.secondary_xaxis("top", functions=(lambda r: r * mean_mass, lambda p: p / mean_mass))
+            top.set_xlabel(f"pixel-mass units (x mean image mass {mean_mass:.3g})", fontsize=8)
+        if title:
+            ax.set_title(title, fontsize=9, pad=28 if mean_mass else 6)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_attack_examples(
+    examples: Mapping[tuple[int, float], tuple[Any, Any, float]],
+    path: str | os.PathLike,
+    *,
+    max_images: int = 8,
+) -> None:
+    """A grid: a column per image (its largest budget), clean on top, adversarial below with its exact W1."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    best: dict[int, tuple[float, Any, Any, float]] = {}
+    for (i, eps), (clean, adv, w) in examples.items():
+        if i not in best or eps > best[i][0]:
+            best[i] = (eps, clean, adv, w)
+    chosen = sorted(best.items())[:max_images]
+    n = max(len(chosen), 1)
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.2), dpi=120, squeeze=False)
+    try:
+        for col, (i, (eps, clean, adv, w)) in enumerate(chosen):
+            for row, img in enumerate((clean, adv)):
+                a = np.asarray(img, dtype=np.float64)
+                a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1) / max(a.max(), 1e-12)
+                axes[row, col].imshow(a, cmap="gray" if a.ndim == 2 else None)
+                axes[row, col].set_xticks([])
+                axes[row, col].set_yticks([])
+            axes[0, col].set_title(f"#{i}", fontsize=7)
+            axes[1, col].set_title(f"W1={w:.3g}\n(eps {eps:g})", fontsize=6)
+        axes[0, 0].set_ylabel("clean", fontsize=7)
+        axes[1, 0].set_ylabel("adversarial", fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -91,22 +91,29 @@ def _report_in_locked_folder(out_dir: str, *, device: str, seed: int, quick: boo
     }
     atomic_write_json(out / "summary.json", summary)
     atomic_write_json(out / "run_config.json", {"reproduce_config": asdict(cfg), "report_settings": knobs})
-    report = _markdown(result, rows, summary, format_table(rows, markdown=True))
+    report = _markdown(result, summary, format_table(rows, markdown=True))
     path = out / "report.md"
     atomic_write_text(path, report)
     return path
 
 
-def _markdown(
-    result: dict[str, Any], rows: list[dict], summary: dict[str, Any], verification_table: str
-) -> str:
-    s = summary["settings"]
-    env = summary["environment"]
+def _markdown(result: dict[str, Any], summary: dict[str, Any], verification_table: str) -> str:
+    """``report.md``: the sections below, in order."""
     runs = {r["noise"]: r for r in result["runs"]}
     w, lap = runs["wasserstein"], runs["laplace"]
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-    timing = summary["seconds_this_invocation"]
     lines = [
+        *_intro(summary, w),
+        *_settings_section(summary, w),
+        *_accuracy_section(result, w, lap),
+        *_verification_section(summary, verification_table),
+        *_run_section(summary, w, lap),
+    ]
+    return "\n".join(lines)
+
+
+def _intro(summary: dict[str, Any], w: dict[str, Any]) -> list[str]:
+    """The title, and what was trained and certified."""
+    return [
         "# wbench report: Wasserstein smoothing on the embedded digits data set",
         "",
         "Levine & Feizi (AISTATS 2020) certify robustness to Wasserstein (W1) perturbations by smoothing a "
@@ -116,6 +123,13 @@ def _markdown(
         f"sigma = {summary['sigma']:g} in units of normalised mass, and certifies the first "
         f"{w['images']} test images with both.",
         "",
+    ]
+
+
+def _settings_section(summary: dict[str, Any], w: dict[str, Any]) -> list[str]:
+    """The training and certification settings, and the radius cap and error bars they imply."""
+    s = summary["settings"]
+    return [
         "## Settings, and what they cost",
         "",
         f"- Training: `digits_cnn`, {s['epochs']} epochs of SGD with momentum, one noise draw per image.",
@@ -138,6 +152,12 @@ def _markdown(
         ),
         "- Radii are W1 distances with the L1 ground metric between normalised images (total mass 1).",
         "",
+    ]
+
+
+def _accuracy_section(result: dict[str, Any], w: dict[str, Any], lap: dict[str, Any]) -> list[str]:
+    """The certified-accuracy table, how to read it, and the smoothed and base accuracies."""
+    return [
         "## Certified accuracy (%) at W1 radius",
         "",
         result["table"],
@@ -155,6 +175,12 @@ def _markdown(
         "",
         "![certified accuracy vs radius](certified_accuracy.png)",
         "",
+    ]
+
+
+def _verification_section(summary: dict[str, Any], verification_table: str) -> list[str]:
+    """The :mod:`wbench.quickcheck` table and its verdict."""
+    return [
         "## Numerical re-check of Lemma 1 and Corollaries 1-3 (`wbench.quickcheck`)",
         "",
         verification_table,
@@ -167,6 +193,15 @@ def _markdown(
         + " Theorem 1 itself (closed-form Laplace cases, the proof's additivity, and an attack inside "
         "certified balls) is checked by `pytest verify/test_theorem1.py`.",
         "",
+    ]
+
+
+def _run_section(summary: dict[str, Any], w: dict[str, Any], lap: dict[str, Any]) -> list[str]:
+    """Seed, device, throughput, time taken, versions and the files written."""
+    env = summary["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    timing = summary["seconds_this_invocation"]
+    return [
         "## Run",
         "",
         f"- Seed {summary['seed']}; device {summary['device']}; "
@@ -179,7 +214,6 @@ def _markdown(
         "`reproduce.json`, `verification.json`, `train/*/checkpoint.pt`, `certify/*/certify.csv`.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _pct(x: float | None) -> str:

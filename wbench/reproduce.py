@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wbench import distributed as dist
 from wbench.certification import ABSTAIN, certified_accuracy, resolve_ground
 from wbench.certify_run import (
     CertifySettings,
@@ -54,7 +55,7 @@ from wbench.certify_run import (
     row_arrays,
 )
 from wbench.options import Noise, parse_option
-from wbench.runio import atomic_write_json, atomic_write_text, environment_record, locked_output
+from wbench.runio import atomic_write_json, atomic_write_text, environment_record
 
 #: Test images of the quick ``mnist5k`` run (the first ones of the class-interleaved split).
 QUICK_M5K_IMAGES = 200
@@ -266,7 +267,8 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
             + f"; give 1 to {len(every)}"
         )
     indices = every[: config.max_images]
-    with locked_output(config.out_dir):
+    dist.agree("reproduction settings", asdict(config))
+    with dist.output_lock(config.out_dir):
         return _reproduce_in_locked_folder(config, test_set, indices, t_start=t_start, progress=progress)
 
 
@@ -274,11 +276,10 @@ def _reproduce_in_locked_folder(
     config: ReproduceConfig, test_set: Any, indices: list[int], *, t_start: float, progress: bool
 ) -> dict[str, Any]:
     from wbench.data import dataset_info
-    from wbench.devices import resolve_device
     from wbench.models import load_model
 
     out = Path(config.out_dir)
-    device = resolve_device(config.device)
+    device = dist.local_device(config.device)
     masses = {i: float(test_set[i][0].to(torch.float64).sum()) for i in indices}
     labels = np.array([int(test_set[i][1]) for i in indices], dtype=np.int64)
     num_classes = int(dataset_info(config.dataset)["num_classes"])
@@ -320,18 +321,6 @@ def _reproduce_in_locked_folder(
     )  # fmt: skip
     files = {"table": str(out / "results.md"), "plot": str(out / "certified_accuracy.png"),
              "json": str(out / "reproduce.json")}  # fmt: skip
-    atomic_write_text(
-        files["table"], format_results_markdown(config, runs, table, table_px, subset, comparison, masses)
-    )
-    plot_runs(
-        runs,
-        files["plot"],
-        title=f"{config.dataset}: {len(indices)} test images, n0={config.n0}, n={config.n}, "
-        f"alpha={config.alpha}",
-        indices=indices,
-        xlabel=f"certified W1 radius ({config.ground} ground metric), normalised mass",
-        masses=masses,
-    )
     result = {
         "config": asdict(config),
         "radii": [float(r) for r in radii],
@@ -349,8 +338,30 @@ def _reproduce_in_locked_folder(
         "seconds": time.perf_counter() - t_start,
         "environment": environment_record(),
     }
-    atomic_write_json(files["json"], result)
+    dist.on_main(_write_results, result, config, indices, masses)
     return result
+
+
+def _write_results(
+    result: dict[str, Any], config: ReproduceConfig, indices: Sequence[int], masses: Mapping[int, float]
+) -> None:
+    """``results.md``, the two-unit plot of every run and ``reproduce.json`` (rank 0 under torchrun)."""
+    files = result["files"]
+    markdown = format_results_markdown(
+        config, result["runs"], result["table"], result["table_pixel_mass"], result["test_subset"],
+        result["paper_comparison"], masses,
+    )  # fmt: skip
+    atomic_write_text(files["table"], markdown)
+    plot_runs(
+        result["runs"],
+        files["plot"],
+        title=f"{config.dataset}: {len(indices)} test images, n0={config.n0}, n={config.n}, "
+        f"alpha={config.alpha}",
+        indices=indices,
+        xlabel=f"certified W1 radius ({config.ground} ground metric), normalised mass",
+        masses=masses,
+    )
+    atomic_write_json(files["json"], result)
 
 
 _SUMMARY_KEYS = (

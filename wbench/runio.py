@@ -39,7 +39,7 @@ def environment_record() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    from wbench import fastnoise
+    from wbench.noise_stream import STREAM_VERSION
 
     return {
         "python": sys.version.split()[0],
@@ -47,8 +47,8 @@ def environment_record() -> dict[str, Any]:
         "versions": versions,
         "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        # which sampler drew CPU float32 noise: the streams differ, so a seed reproduces per build
-        "cpu_noise_sampler": "fastnoise (compiled)" if fastnoise.available() else "torch",
+        # the definition of the noise (every implementation draws the same stream)
+        "noise_stream": STREAM_VERSION,
     }
 
 

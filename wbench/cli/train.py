@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset (levine_mnist, levine_cifar: Levine & Feizi Tables 3-4; levine_mnist5k: Table 3's "
         "network and optimiser on mnist5k with a CPU schedule; lin_cifar: Lin et al. App. D; "
         "digits_quick: a CPU run in seconds) and override any option. Writes OUT/checkpoint.pt and "
-        "OUT/metrics.json after every epoch; --resume continues an interrupted run exactly.",
+        "OUT/metrics.json after every epoch; --resume continues an interrupted run exactly. Under torchrun "
+        "the processes train one model with DistributedDataParallel; --batch-size stays the batch of one "
+        "step over all processes (see the README's Scale-out section).",
     )
     p.add_argument(
         "--preset",
@@ -96,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed=True)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -116,10 +118,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from wbench.distributed import is_main
     from wbench.training import train
 
     config = config_from_args(args)
     summary = train(config, resume=args.resume, progress=args.progress)
+    if not is_main():
+        return 0  # rank 0 reports the launch
     print(f"checkpoint: {summary['checkpoint']}")
     print(f"metrics:    {summary['metrics']}")
     line = f"{summary['dataset']} / {summary['model']}: {summary['epochs']} epochs on {summary['device']} in "

@@ -4,7 +4,7 @@ Each channel of an (H, W) image is its own graph (no edges between channels). It
 are the pixels; an edge joins two distinct pixels ``p`` and ``q = p + o`` whose offset
 ``o = (di, dj)`` lies in the neighbourhood of the given radius:
 
-* ``"euclidean"`` (the default, DESIGN.md): ``di**2 + dj**2 <= radius**2``;
+* ``"euclidean"`` (the default): ``di**2 + dj**2 <= radius**2``;
 * ``"manhattan"`` (the "diamond" of the WWGAN code): ``|di| + |dj| <= radius``.
 
 Nothing wraps around the border, so boundary pixels have fewer edges. The edge weight
@@ -26,29 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import lru_cache
 
 import numpy as np
 import torch
 
-from wbench.options import parse_option
+from wbench.options import EdgeWeight, Neighbourhood, parse_option
 
-WeightSpec = str | Callable[[float], float]
-
-
-class Neighbourhood(StrEnum):
-    """Shape of the local neighbourhood of radius ``r`` around a pixel."""
-
-    EUCLIDEAN = "euclidean"
-    MANHATTAN = "manhattan"
-
-
-class EdgeWeight(StrEnum):
-    """Named edge-weight rules, functions of the Euclidean offset length."""
-
-    CONSTANT = "constant"
-    INVERSE_DISTANCE = "inverse_distance"
+WeightSpec = EdgeWeight | str | Callable[[float], float]
 
 
 @dataclass(frozen=True)
@@ -64,7 +49,9 @@ class GraphSpec:
 
 
 def graph_spec(
-    radius: float = 2, neighbourhood: str = "euclidean", weights: WeightSpec = "constant"
+    radius: float = 2,
+    neighbourhood: Neighbourhood | str = Neighbourhood.EUCLIDEAN,
+    weights: WeightSpec = EdgeWeight.CONSTANT,
 ) -> GraphSpec:
     """Validate the graph options and return a hashable :class:`GraphSpec`.
 

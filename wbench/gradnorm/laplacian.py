@@ -16,6 +16,7 @@ import torch
 
 from wbench.gradnorm.graph import WeightSpec, edge_list, fit_to_image, graph_spec, inverse_volume
 from wbench.gradnorm.norms import assemble_laplacian
+from wbench.options import EdgeWeight, Neighbourhood
 
 
 def _as_chw(x: torch.Tensor) -> torch.Tensor:
@@ -36,8 +37,8 @@ def incidence_matrix(
     image_shape: tuple[int, ...],
     radius: float = 2,
     *,
-    neighbourhood: str = "euclidean",
-    weights: WeightSpec = "constant",
+    neighbourhood: Neighbourhood | str = Neighbourhood.EUCLIDEAN,
+    weights: WeightSpec = EdgeWeight.CONSTANT,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     sparse: bool = False,
@@ -75,7 +76,11 @@ def incidence_matrix(
 
 
 def edge_weight_diagonal(
-    x: torch.Tensor, radius: float = 2, *, neighbourhood: str = "euclidean", weights: WeightSpec = "constant"
+    x: torch.Tensor,
+    radius: float = 2,
+    *,
+    neighbourhood: Neighbourhood | str = Neighbourhood.EUCLIDEAN,
+    weights: WeightSpec = EdgeWeight.CONSTANT,
 ) -> torch.Tensor:
     """The diagonal of Lambda(x) of Definition 1: (x_i/d_i + x_j/d_j)/2 per edge, shape (C*|E|,)."""
     xc = _as_chw(x)
@@ -92,8 +97,8 @@ def wasserstein_laplacian(
     x: torch.Tensor,
     radius: float = 2,
     *,
-    neighbourhood: str = "euclidean",
-    weights: WeightSpec = "constant",
+    neighbourhood: Neighbourhood | str = Neighbourhood.EUCLIDEAN,
+    weights: WeightSpec = EdgeWeight.CONSTANT,
     sparse: bool = False,
 ) -> torch.Tensor:
     r"""The Wasserstein Laplacian L(x) = D^T Lambda(x) D (Lin et al., Appendix B, Definition 1).

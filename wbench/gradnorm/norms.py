@@ -41,7 +41,7 @@ from wbench.gradnorm.graph import (
     half_offsets,
     inverse_volume,
 )
-from wbench.options import GradNormImpl, parse_option
+from wbench.options import EdgeWeight, GradNormImpl, Neighbourhood, parse_option
 
 
 def _check_inputs(x: torch.Tensor, grad: torch.Tensor, values: bool = True) -> None:
@@ -230,10 +230,10 @@ def wasserstein_grad_norm_sq(
     x: torch.Tensor,
     grad: torch.Tensor,
     radius: float = 2,
-    impl: GradNormImpl | str = "conv",
+    impl: GradNormImpl | str = GradNormImpl.CONV,
     *,
-    neighbourhood: str = "euclidean",
-    weights: WeightSpec = "constant",
+    neighbourhood: Neighbourhood | str = Neighbourhood.EUCLIDEAN,
+    weights: WeightSpec = EdgeWeight.CONSTANT,
     check: bool = True,
 ) -> torch.Tensor:
     r"""Squared Wasserstein norm of the gradient, one value per sample (Lin et al., Eq. 7).

@@ -34,13 +34,12 @@ after Lecuyer et al.); here each image gets its own draw unless ``shared_noise=T
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
-from wbench.options import Noise, parse_option
-
-PENALTIES = ("none", "euclidean", "wasserstein")
-NOISES = ("none", *(n.value for n in Noise))
+from wbench.options import TrainingNoise, TrainingPenalty, parse_option
 
 PRESETS: dict[str, dict[str, Any]] = {
     "levine_mnist": {
@@ -125,11 +124,13 @@ class TrainConfig:
         applies to the bundled ``digits`` and ``mnist5k``.
     epochs, batch_size, lr, momentum, weight_decay, milestones, gamma
         SGD with momentum and a ``MultiStepLR`` schedule (lr times ``gamma`` at each milestone epoch).
-    noise : {"none", "wasserstein", "laplace"}
+    noise : TrainingNoise
+        ``"none"``, ``"wasserstein"`` or ``"laplace"`` (a string is parsed on construction).
         Train on noised images (Levine & Feizi, Appendix B) with std ``sigma`` in normalised mass.
     shared_noise : bool
         One draw per batch (the paper's shortcut) instead of one per image.
-    penalty : {"none", "euclidean", "wasserstein"}
+    penalty : TrainingPenalty
+        ``"none"``, ``"euclidean"`` or ``"wasserstein"`` (a string is parsed on construction).
         Gradient-norm penalty ``eta**2 * ||grad_x loss||^2`` (Lin et al., Appendix D), Wasserstein
         norm on the graph of pixel pairs within ``radius`` (Eq. 7).
     seed : int
@@ -159,10 +160,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     milestones: tuple[int, ...] = field(default_factory=tuple)
     gamma: float = 0.1
-    noise: str = "none"
+    noise: TrainingNoise = TrainingNoise.NONE
     sigma: float | None = None
     shared_noise: bool = False
-    penalty: str = "none"
+    penalty: TrainingPenalty = TrainingPenalty.NONE
     eta: float | None = None
     radius: float = 2.0
     seed: int = 0
@@ -186,7 +187,17 @@ class TrainConfig:
         return self.model if self.model is not None else dataset_info(self.dataset)["default_model"]
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid option."""
+        """Raise ``ValueError`` naming the first invalid option; parse the option strings into enums."""
+        self._check_data_and_model()
+        self._check_loop()
+        self._check_optimiser()
+        self._parse_noise()
+        self._parse_penalty()
+        self._check_one_regulariser()
+        self._check_device_and_output()
+        self._check_data_use()
+
+    def _check_data_and_model(self) -> None:
         from wbench.data import BUNDLED, DATASETS
         from wbench.models import MODELS
 
@@ -204,11 +215,15 @@ class TrainConfig:
                 f"dataset {self.dataset!r} ships with {BUNDLED[self.dataset]}: it takes no data root "
                 "and nothing is downloaded; drop --data-root / --download"
             )
+
+    def _check_loop(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("eval_batch_size", self.eval_batch_size, minimum=1)
         _check_int("num_workers", self.num_workers, minimum=0)
         _check_int("seed", self.seed, minimum=0)
+
+    def _check_optimiser(self) -> None:
         _check_float("lr", self.lr, positive=True)
         _check_float("momentum", self.momentum)
         if not 0.0 <= self.momentum < 1.0:
@@ -221,57 +236,61 @@ class TrainConfig:
             _check_int("milestone", m, minimum=1)
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ValueError(f"milestones must be strictly increasing; got {list(self.milestones)}")
-        if self.noise != "none":
-            self.noise = parse_option(Noise, self.noise, "noise").value
-        if self.noise not in NOISES:
-            raise ValueError(f"unknown noise {self.noise!r}; expected one of {', '.join(map(repr, NOISES))}")
-        if self.noise == "none":
+
+    def _parse_noise(self) -> None:
+        self.noise = parse_option(TrainingNoise, self.noise, "noise")
+        if self.noise is TrainingNoise.NONE:
             if self.sigma is not None:
                 raise ValueError("sigma is set but noise is 'none'; choose noise 'wasserstein' or 'laplace'")
         else:
             if self.sigma is None:
                 raise ValueError(
-                    f"noise {self.noise!r} needs sigma (std in normalised mass; Levine & Feizi use "
+                    f"noise {self.noise.value!r} needs sigma (std in normalised mass; Levine & Feizi use "
                     "0.005-0.5 on MNIST and 5e-5-1e-3 on CIFAR-10)"
                 )
             _check_float("sigma", self.sigma, positive=True)
         _check_bool("shared_noise", self.shared_noise)
-        if self.shared_noise and self.noise == "none":
+        if self.shared_noise and self.noise is TrainingNoise.NONE:
             raise ValueError("shared_noise needs noise 'wasserstein' or 'laplace'")
-        if self.penalty not in PENALTIES:
-            raise ValueError(
-                f"unknown penalty {self.penalty!r}; expected one of {', '.join(map(repr, PENALTIES))}"
-            )
-        if self.penalty == "none":
+
+    def _parse_penalty(self) -> None:
+        self.penalty = parse_option(TrainingPenalty, self.penalty, "penalty")
+        if self.penalty is TrainingPenalty.NONE:
             if self.eta is not None:
                 raise ValueError(
                     "eta is set but penalty is 'none'; choose penalty 'euclidean' or 'wasserstein'"
                 )
         else:
             if self.eta is None:
-                raise ValueError(f"penalty {self.penalty!r} needs eta (the regularisation strength)")
+                raise ValueError(f"penalty {self.penalty.value!r} needs eta (the regularisation strength)")
             _check_float("eta", self.eta, positive=True)
         _check_float("radius", self.radius)
         if self.radius < 1:
             raise ValueError(
                 f"radius must be >= 1 (pixel neighbours within this distance); got {self.radius}"
             )
-        if self.noise != "none" and self.penalty != "none":
+
+    def _check_one_regulariser(self) -> None:
+        if self.noise is not TrainingNoise.NONE and self.penalty is not TrainingPenalty.NONE:
             raise ValueError("choose either noise training or a gradient penalty, not both")
+
+    def _check_device_and_output(self) -> None:
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         ):
             raise ValueError(f"unknown device {self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ValueError(f"out_dir must be a non-empty path; got {self.out_dir!r}")
+
+    def _check_data_use(self) -> None:
         _check_bool("augment", self.augment)
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (lists, no tuples): JSON- and ``weights_only``-safe."""
-        out = dataclasses.asdict(self)
+        """Plain dict (strings for options, lists, no tuples): JSON- and ``weights_only``-safe."""
+        out = {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(self).items()}
         out["milestones"] = list(self.milestones)
         return out
 
@@ -305,8 +324,6 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 def _check_float(name: str, value: Any, positive: bool = False) -> None:
-    import math
-
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number; got {value!r}")
     if not math.isfinite(value):

@@ -8,10 +8,12 @@ uninterrupted run (on the CPU; cuDNN kernels may be non-deterministic on CUDA).
 ``<out_dir>/metrics.json`` mirrors the metrics.
 
 Random streams, all derived from ``config.seed``: model initialisation (the global
-torch RNG), the shuffling order of each epoch, augmentation and training noise
-(generators on the training device, saved in the checkpoint), and the noise of the
-noisy test accuracy of each epoch (derived per epoch, so evaluation never perturbs
-training).
+torch RNG), the shuffling order of each epoch, augmentation (a generator on the training
+device, saved in the checkpoint), and the smoothing noise of :mod:`wbench.noise_stream`:
+training noise keyed by the global step (row ``r`` of a batch takes copy ``r``), the noisy
+test accuracy keyed by the epoch (test image ``t`` takes copy ``t``), so noise never depends
+on the device, the build or on how a run was interrupted, and evaluation never perturbs
+training.
 """
 
 from __future__ import annotations
@@ -24,17 +26,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from wbench import distributed as dist
 from wbench.data import ImageTensorDataset, dataset_info, load_dataset
-from wbench.devices import resolve_device
 from wbench.models import build_model
 from wbench.noise import perturb
+from wbench.noise_stream import Tag
 from wbench.runio import (
     atomic_torch_save,
     atomic_write_json,
     environment_record,
     load_checkpoint,
-    locked_output,
 )
+from wbench.training import ddp
 from wbench.training.config import TrainConfig
 from wbench.training.step import random_crop_flip, train_step
 
@@ -44,12 +47,18 @@ METRICS_NAME = "metrics.json"
 # Config fields that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "num_workers", "data_root", "download", "eval_batch_size")
 
-_STREAMS = {"noise": 1, "augment": 2, "shuffle": 3, "eval_noise": 4}
+_STREAMS = {"augment": 2, "shuffle": 3}
 
 
-def derive_seed(seed: int, stream: str, epoch: int = 0) -> int:
-    """An independent 63-bit seed for one random stream (``numpy.random.SeedSequence``)."""
-    state = np.random.SeedSequence([seed, _STREAMS[stream], epoch]).generate_state(2, np.uint32)
+def derive_seed(seed: int, stream: str, epoch: int = 0, *, per_rank: bool = False) -> int:
+    """An independent 63-bit seed for one random stream (``numpy.random.SeedSequence``).
+
+    With ``per_rank`` under torchrun, rank r gets the child stream with spawn key ``(r,)``, so ranks
+    never share augmentation draws; in a single process the seed is the same either way.
+    """
+    key = (dist.rank(),) if per_rank and dist.active() else ()
+    sequence = np.random.SeedSequence([seed, _STREAMS[stream], epoch], spawn_key=key)
+    state = sequence.generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
@@ -99,25 +108,33 @@ def evaluate(
     config: TrainConfig,
     device: torch.device,
     *,
-    noise_generator: torch.Generator | None = None,
+    noise_epoch: int | None = None,
 ) -> float:
-    """Accuracy on ``dataset``: clean, or under one noise draw per image when a generator is given."""
+    """Accuracy on ``dataset``: clean, or under one noise draw per image (keyed by ``noise_epoch``)."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    first = 0
     for xb, yb in _loader(dataset, _batches(len(dataset), config.eval_batch_size, None), config, device):
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True)
-        if noise_generator is not None:
+        if noise_epoch is not None:
             xb = perturb(
-                xb,
-                config.sigma,
-                config.noise,
-                generator=noise_generator,
-                shared_across_batch=False,
-                check=False,
-            )
+                xb, config.sigma, config.noise, seed=config.seed, index=noise_epoch,
+                first_copy=first, tag=Tag.EVALUATION, check=False,
+            )  # fmt: skip
+        first += int(yb.shape[0])
         correct += (model(xb).argmax(dim=1) == yb).sum()
     return int(correct) / len(dataset)
+
+
+def _evaluate_epoch(
+    model: torch.nn.Module, test_set: Dataset, config: TrainConfig, device: torch.device, epoch: int
+) -> tuple[float, float | None]:
+    """Clean test accuracy and, with noise, the accuracy under one draw per image (keyed by the epoch)."""
+    test_acc = evaluate(model, test_set, config, device)
+    if config.noise == "none":
+        return test_acc, None
+    return test_acc, evaluate(model, test_set, config, device, noise_epoch=epoch)
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
@@ -145,9 +162,16 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, device: torch.de
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in diff)
         raise ValueError(f"cannot resume {path}: the config differs ({details})")
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != dist.world_size():
+        raise ValueError(
+            f"cannot resume {path}: it was trained by {saved_world} process(es), each with its own "
+            f"random state; resume it with {saved_world} (torchrun --nproc-per-node, --nnodes), "
+            f"not {dist.world_size()}"
+        )
     if ckpt["device_type"] != device.type:
         raise ValueError(
-            f"cannot resume {path}: it was trained on {ckpt['device_type']!r} and its noise generator "
+            f"cannot resume {path}: it was trained on {ckpt['device_type']!r} and its augmentation generator "
             f"state cannot move to {device.type!r}; pass --device {ckpt['device_type']}"
         )
 
@@ -181,14 +205,16 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         checkpoint exists without ``resume``, or it cannot be resumed with ``config``.
     """
     config.validate()
-    with locked_output(config.out_dir):
+    dist.agree("training settings", {**config.to_dict(), "resume": resume})
+    with dist.output_lock(config.out_dir):
         return _train_in_locked_folder(config, resume=resume, progress=progress)
 
 
 def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    device = resolve_device(config.device)
+    device = dist.local_device(config.device)
+    batch_size = ddp.rank_batch_size(config.batch_size)
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
     metrics_path = out_dir / METRICS_NAME
@@ -213,8 +239,9 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=config.gamma)
     generators = {
-        "noise": torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise")),
-        "augment": torch.Generator(device=device).manual_seed(derive_seed(config.seed, "augment")),
+        "augment": torch.Generator(device=device).manual_seed(
+            derive_seed(config.seed, "augment", per_rank=True)
+        ),
     }
 
     start_epoch, metrics, seconds_before = 0, [], 0.0
@@ -224,32 +251,39 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        _restore_rng(ckpt["rng"], generators)
+        _restore_rng(ckpt["rng"] if dist.world_size() == 1 else ckpt["rng"][dist.rank()], generators)
         start_epoch, metrics = int(ckpt["epoch"]), list(ckpt["metrics"])
         seconds_before = float(sum(m["seconds"] for m in metrics))
 
+    net = ddp.wrap(model, device)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()
-        shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "shuffle", epoch))
-        loader = _loader(train_set, _batches(len(train_set), config.batch_size, shuffle), config, device)
+        batches = ddp.epoch_batches(len(train_set), batch_size, derive_seed(config.seed, "shuffle"), epoch)
+        if batches is None:
+            shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "shuffle", epoch))
+            batches = _batches(len(train_set), batch_size, shuffle)
+        loader = _loader(train_set, batches, config, device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        show = progress and dist.is_main()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show, leave=False)
         for step, (xb, yb) in enumerate(bar):
             xb = xb.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
             if config.augment:
                 xb = random_crop_flip(xb, generators["augment"])
             loss, n_correct = train_step(
-                model,
+                net,
                 optimizer,
                 xb,
                 yb,
                 noise=config.noise,
                 sigma=config.sigma,
-                generator=generators["noise"],
+                seed=config.seed,
+                step=epoch * len(batches) + step,
+                first_copy=dist.rank() * batch_size,  # ranks draw disjoint copies of the step's noise
                 shared_noise=config.shared_noise,
                 check_input=(step == 0),
                 penalty=config.penalty,
@@ -259,9 +293,10 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
             loss_sum += loss.to(torch.float64) * yb.shape[0]
             correct += n_correct
             seen += int(yb.shape[0])
-            if progress and (step % 10 == 0):
+            if show and (step % 10 == 0):
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}")
         bar.close()
+        loss_sum, correct, seen = ddp.sum_over_ranks(loss_sum, correct, seen)
         train_loss = float(loss_sum) / seen
         if not np.isfinite(train_loss):
             raise ValueError(
@@ -269,11 +304,7 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
             )
         lr = float(optimizer.param_groups[0]["lr"])
         scheduler.step()
-        test_acc = evaluate(model, test_set, config, device)
-        noisy_acc = None
-        if config.noise != "none":
-            g_eval = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "eval_noise", epoch))
-            noisy_acc = evaluate(model, test_set, config, device, noise_generator=g_eval)
+        test_acc, noisy_acc = dist.on_main(_evaluate_epoch, model, test_set, config, device, epoch)
         metrics.append(
             {
                 "epoch": epoch + 1,
@@ -285,7 +316,9 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
                 "seconds": time.perf_counter() - t0,
             }
         )
-        _save(
+        rng = dist.all_gather(_rng_state(generators))
+        dist.on_main(
+            _save,
             ckpt_path,
             metrics_path,
             model,
@@ -296,9 +329,9 @@ def _train_in_locked_folder(config: TrainConfig, *, resume: bool, progress: bool
             model_kwargs,
             device,
             metrics,
-            generators,
+            rng[0] if len(rng) == 1 else rng,
         )
-        if progress:
+        if show:
             m = metrics[-1]
             tqdm.write(
                 f"epoch {m['epoch']}/{config.epochs}: loss {m['train_loss']:.4f} train acc "
@@ -348,7 +381,7 @@ def _save(
     model_kwargs,
     device,
     metrics,
-    generators,
+    rng,
 ) -> None:
     epoch = int(metrics[-1]["epoch"])
     ckpt = {
@@ -363,7 +396,8 @@ def _save(
         "device_type": device.type,
         "environment": environment_record(),
         "metrics": [dict(m) for m in metrics],
-        "rng": _rng_state(generators),
+        "world_size": dist.world_size(),
+        "rng": rng,  # one state per rank (a list) under torchrun
     }
     atomic_torch_save(ckpt, ckpt_path)
     atomic_write_json(

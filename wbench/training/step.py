@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wbench.noise import perturb
+from wbench.options import Noise, PenaltyMetric, TrainingNoise, TrainingPenalty, parse_option
 
 
 def train_step(
@@ -28,12 +29,14 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    noise: str = "none",
+    noise: TrainingNoise | str = TrainingNoise.NONE,
     sigma: float | None = None,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    step: int = 0,
+    first_copy: int = 0,
     shared_noise: bool = False,
     check_input: bool = False,
-    penalty: str = "none",
+    penalty: TrainingPenalty | str = TrainingPenalty.NONE,
     eta: float | None = None,
     radius: float = 2.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +49,10 @@ def train_step(
     x, y : torch.Tensor
         Images ``(B, C, H, W)`` in pixel/mass space and labels ``(B,)``, on the model's device.
     noise : {"none", "wasserstein", "laplace"}
-        Smoothing noise drawn with ``generator`` (std ``sigma``; one draw per image unless
-        ``shared_noise``). ``check_input`` validates ``x`` (a device sync: first batch only).
+        Smoothing noise of std ``sigma``: row ``r`` of the batch takes copy ``first_copy + r`` of
+        the stream ``(seed, step)`` (:func:`wbench.noise.perturb`; one draw for the batch if
+        ``shared_noise``). A data-parallel rank ``q`` with local batch ``B`` passes ``q * B``.
+        ``check_input`` validates ``x`` (a device sync: first batch only).
     penalty : {"none", "euclidean", "wasserstein"}
         Gradient-norm penalty with strength ``eta`` and graph ``radius``.
 
@@ -57,10 +62,15 @@ def train_step(
         The batch's training objective (detached) and the number of correct predictions
         on the images the network saw, as 0-d tensors on the device.
     """
-    if noise != "none":
-        x = perturb(x, sigma, noise, generator=generator, shared_across_batch=shared_noise, check=check_input)
+    noise = parse_option(TrainingNoise, noise, "noise")
+    penalty = parse_option(TrainingPenalty, penalty, "penalty")
+    if noise is not TrainingNoise.NONE:
+        x = perturb(
+            x, sigma, Noise(noise), seed=seed, index=step, first_copy=first_copy,
+            shared_across_batch=shared_noise, check=check_input,
+        )  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
-    if penalty == "none":
+    if penalty is TrainingPenalty.NONE:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
     else:
@@ -69,7 +79,9 @@ def train_step(
         captured: list[torch.Tensor] = []
         handle = model.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
         try:
-            loss, _data_loss, _pen = gradient_penalty_loss(model, x, y, eta, metric=penalty, radius=radius)
+            loss, _data_loss, _pen = gradient_penalty_loss(
+                model, x, y, eta, metric=PenaltyMetric(penalty), radius=radius
+            )
         finally:
             handle.remove()
         logits = captured[0]

@@ -10,7 +10,7 @@
 
 from wbench.transport._grid import GridArcs, grid_arcs
 from wbench.transport.distance import w1
-from wbench.transport.flow_plan import arcs_from_flow, flow_from_arcs, min_flow_norm, optimal_flow_plan
+from wbench.transport.lemma1 import arcs_from_flow, flow_from_arcs, min_flow_norm, optimal_flow_plan
 from wbench.transport.ling_okada import solve_ling_okada
 
 __all__ = [

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import TYPE_CHECKING
 
-import cvxpy as cp
 import numpy as np
 
 from wbench._validation import ArrayLike
 from wbench.transport._grid import grid_arcs
 from wbench.transport._inputs import checked_w1, reduce_plane, validate_histogram_pair
+
+if TYPE_CHECKING:
+    import cvxpy as cp
 
 HIGHS_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 """Options passed to HiGHS through cvxpy for every LP of this package."""
@@ -33,6 +36,8 @@ HIGHS_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolera
 
 def solve_lp_checked(problem: cp.Problem, what: str) -> float:
     """Solve ``problem`` with HiGHS; raise ``RuntimeError`` unless cvxpy reports ``optimal``."""
+    import cvxpy as cp  # cvxpy loads on first use, not with ``import wbench``
+
     problem.solve(solver=cp.HIGHS, **HIGHS_OPTIONS)
     if problem.status != cp.OPTIMAL:
         raise RuntimeError(f"{what}: HiGHS returned status {problem.status!r}, not optimal")
@@ -43,6 +48,8 @@ class LingOkadaLP:
     """Eq. 23 on an (H, W) grid as a parametrised cvxpy problem (use :func:`ling_okada_lp`)."""
 
     def __init__(self, height: int, width: int) -> None:
+        import cvxpy as cp  # cvxpy loads on first use, not with ``import wbench``
+
         self.arcs = grid_arcs(height, width)
         n, m = self.arcs.n_pixels, self.arcs.n_arcs
         self.rhs = cp.Parameter(n - 1, name="mass_difference")

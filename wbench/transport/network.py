@@ -21,9 +21,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import ot
 import scipy.sparse as sp
-from ot.lp import emd_wrap
 
 from wbench.transport._grid import grid_arcs
 from wbench.transport._inputs import reduce_plane
@@ -48,6 +46,9 @@ def transshipment_cost(height: int, width: int) -> sp.coo_array:
 
 
 def _require_sparse_emd() -> None:
+    import ot  # POT loads on first use, not with ``import wbench``
+    from ot.lp import emd_wrap
+
     if not hasattr(emd_wrap, "emd_c_sparse"):
         raise RuntimeError(
             "solver 'network' needs POT >= 0.9.7 (sparse cost matrices in ot.emd2); "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import ot
 
 from wbench.options import Ground
 from wbench.transport._inputs import reduce_plane
@@ -33,6 +32,8 @@ def emd2_checked(a: np.ndarray, b: np.ndarray, cost, **kwargs) -> tuple[float, d
     ``numItermax`` defaults to :func:`pot_num_itermax`. POT's own warnings about a
     non-optimal result are turned into the error message.
     """
+    import ot  # POT loads on first use, not with ``import wbench``
+
     kwargs.setdefault("numItermax", pot_num_itermax(len(a), len(b)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -67,6 +68,8 @@ def pot_w1_plane(x: np.ndarray, y: np.ndarray, ground: Ground) -> float:
     RuntimeError
         If POT did not reach optimality.
     """
+    import ot
+
     reduced = reduce_plane(x, y)
     if reduced is None:
         return 0.0

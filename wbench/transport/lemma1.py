@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import threading
 
-import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -172,6 +171,8 @@ class _MinFlowNormLP:
     """Eq. 22 on an (H, W) grid: minimise ||delta||_1 subject to Delta(x, delta) = x'."""
 
     def __init__(self, height: int, width: int) -> None:
+        import cvxpy as cp  # cvxpy loads on first use, not with ``import wbench``
+
         d = delta_operator(height, width)
         n, k = d.shape
         self.shape = (height, width)

@@ -1,0 +1,138 @@
+"""`wbench attack`: CSV rows per image and budget, resume, summary JSON and PNGs, settings, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from wbench.cli import main
+from wbench.models import build_model
+from wbench.runio import atomic_torch_save, read_csv_rows
+
+ARGS = ["--steps", "3", "--device", "cpu", "--no-progress", "--batch", "4"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "width": 4}
+    model = build_model("digits_cnn", **kwargs)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    atomic_torch_save(
+        {
+            "model_name": "digits_cnn",
+            "model_kwargs": kwargs,
+            "state_dict": model.state_dict(),
+            "config": {"dataset": "digits", "noise": "wasserstein", "sigma": 0.02},
+            "seed": 0,
+            "environment": {},
+        },
+        path,
+    )
+    return str(path)
+
+
+def run_attack(checkpoint, out, *extra):
+    return main(["attack", checkpoint, "--out", str(out), *ARGS, *extra])
+
+
+def key_fields(rows):
+    return [(r["index"], r["eps"], r["label"], r["prediction"], r["success"], r["abstain"]) for r in rows]
+
+
+def test_attack_writes_rows_summary_and_plots(checkpoint, tmp_path):
+    assert run_attack(checkpoint, tmp_path, "--method", "flow", "--eps", "0.05,0.2", "--max", "5") == 0
+    rows = read_csv_rows(tmp_path / "attack.csv")
+    assert sorted((int(r["index"]), float(r["eps"])) for r in rows) == [
+        (i, e) for i in range(5) for e in (0.05, 0.2)
+    ]
+    assert all(float(r["w1"]) <= float(r["eps"]) * (1 + 1e-6) for r in rows)
+    text = (tmp_path / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert summary["images"] == 5 and [p["eps"] for p in summary["per_eps"]] == [0.05, 0.2]
+    for p in summary["per_eps"]:
+        sel = [r for r in rows if float(r["eps"]) == p["eps"]]
+        assert p["robust_accuracy"] == pytest.approx(sum(r["prediction"] == r["label"] for r in sel) / 5)
+    assert summary["mean_image_mass"] > 1 and summary["settings"]["method"] == "flow"
+    assert (tmp_path / "robust_accuracy.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "examples.png").read_bytes()[:8] == PNG
+
+
+def test_resume_skips_done_pairs_and_adds_budgets(checkpoint, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert (
+        run_attack(checkpoint, full, "--method", "frank_wolfe", "--eps", "0.1,0.3", "--indices", "0:6") == 0
+    )
+    assert run_attack(checkpoint, split, "--method", "frank_wolfe", "--eps", "0.1", "--indices", "0:4") == 0
+    # a torn last line from a crash is dropped and that pair redone
+    csv_path = split / "attack.csv"
+    csv_path.write_bytes(csv_path.read_bytes()[:-7])
+    assert (
+        run_attack(checkpoint, split, "--method", "frank_wolfe", "--eps", "0.1,0.3", "--indices", "0:6") == 0
+    )
+    a, b = read_csv_rows(full / "attack.csv"), read_csv_rows(csv_path)
+    assert len(b) == 12
+    assert sorted(key_fields(a)) == sorted(key_fields(b))
+    wa = {(r["index"], r["eps"]): float(r["w1"]) for r in a}
+    for r in b:
+        assert float(r["w1"]) == pytest.approx(wa[(r["index"], r["eps"])], rel=1e-5, abs=1e-9)
+
+
+def test_other_settings_in_the_same_folder_are_refused(checkpoint, tmp_path, capsys):
+    assert run_attack(checkpoint, tmp_path, "--method", "flow", "--eps", "0.1", "--max", "2") == 0
+    capsys.readouterr()
+    assert run_attack(checkpoint, tmp_path, "--method", "sinkhorn", "--eps", "0.1", "--max", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different settings" in err[0] and "method" in err[0]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "flow", "--eps", "0.1,-1"], "--eps must list positive finite"),
+        (["--method", "flow", "--eps", "a,b"], "malformed --eps"),
+        (["--method", "pgd", "--eps", "0.1"], "unknown method"),
+        (["--method", "flow", "--eps", "0.1", "--smoothing", "wasserstein"], "--smoothing needs --sigma"),
+        (["--method", "flow", "--eps", "0.1", "--sigma", "0.1"], "--sigma needs --smoothing"),
+        (["--method", "flow", "--eps", "0.1", "--preset", "mnist"], "--preset applies to --method sinkhorn"),
+        (["--method", "flow", "--eps", "0.1", "--indices", "0:9999999"], None),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, extra, message):
+    code = run_attack(checkpoint, tmp_path / "o", *extra, "--max", "1")
+    err = capsys.readouterr().err.strip().splitlines()
+    if message is None:  # a slice past the end is simply the whole split, as in `certify`
+        assert code == 0
+        return
+    assert code == 2 and len(err) == 1 and err[0].startswith("wbench attack: error:") and message in err[0]
+
+
+def test_certified_curve_from_a_certify_folder_of_the_same_model(checkpoint, tmp_path, capsys):
+    cert = tmp_path / "cert"
+    certify = ["certify", checkpoint, "--out", str(cert), "--n0", "20", "--n", "200", "--batch", "100"]
+    assert main([*certify, "--device", "cpu", "--no-progress", "--max", "3"]) == 0
+    out = tmp_path / "atk"
+    args = ["--method", "flow", "--eps", "0.01,0.1", "--max", "3", "--certify-dir", str(cert)]
+    assert run_attack(checkpoint, out, *args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["certified"]["images"] == 3 and len(summary["certified"]["certified_accuracy_at_eps"]) == 2
+    capsys.readouterr()
+    assert run_attack(checkpoint, tmp_path / "l2", *args, "--ground", "l2") == 2
+    assert "l1 ground" in capsys.readouterr().err
+
+
+def test_smoothed_attack_records_predict_decisions_and_is_reproducible(checkpoint, tmp_path):
+    args = ["--method", "flow", "--eps", "0.1", "--max", "3", "--smoothing", "wasserstein", "--sigma", "0.02"]
+    args += ["--num-samples", "200", "--noise-samples", "4", "--alpha", "0.1"]
+    assert run_attack(checkpoint, tmp_path / "a", *args) == 0
+    assert run_attack(checkpoint, tmp_path / "b", *args, "--batch", "1") == 0
+    a, b = read_csv_rows(tmp_path / "a" / "attack.csv"), read_csv_rows(tmp_path / "b" / "attack.csv")
+    assert key_fields(a) == key_fields(b)  # PREDICT reads each image's own noise, whatever the batch
+    for r in a:
+        assert int(r["abstain"]) == (int(r["prediction"]) == -1)
+        assert not (int(r["success"]) and int(r["abstain"]))
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["settings"]["smoothing"] == "wasserstein" and summary["settings"]["predict_n"] == 200

@@ -1,0 +1,309 @@
+"""Attack a data set at several W1 budgets: resumable CSV, JSON summary, robustness plot, image grid.
+
+Layout of an output folder::
+
+    run.json                   what is being attacked (settings, checkpoint hash, data set)
+    attack.csv                 one row per image and budget, appended and fsynced as it finishes
+    examples.pt                clean and adversarial tensors of the first images (for the grid)
+    summary.json               empirical robust accuracy per budget, W1 statistics, throughput, versions
+    robust_accuracy.png        empirical robust accuracy vs W1 radius (with the certified curve of
+                               ``--certify-dir`` on the same axes: the structure of Levine & Feizi's Figure 7)
+    examples.png               clean and adversarial images with their exact W1
+
+Rerunning with the same settings skips the (image, budget) pairs already in ``attack.csv``; other
+settings raise ``ValueError``; the folder is locked against a concurrent run
+(:func:`wbench.runio.locked_output`). Budgets may be added on a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wbench.certify_run import _as_jsonable, _check_or_write_run
+from wbench.options import AttackMethod, Ground, Noise, parse_option
+from wbench.runio import (
+    CsvAppender,
+    atomic_torch_save,
+    atomic_write_text,
+    environment_record,
+    load_checkpoint,
+    locked_output,
+    read_csv_rows,
+)
+
+CSV_FIELDS = ("index", "eps", "label", "prediction", "success", "abstain", "w1", "shrunk", "seconds")
+CSV_FILE, SUMMARY_FILE, PLOT_FILE, GRID_FILE, EXAMPLES_FILE = (
+    "attack.csv",
+    "summary.json",
+    "robust_accuracy.png",
+    "examples.png",
+    "examples.pt",
+)
+GRID_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Everything that determines an attack's rows (``batch_size`` does not, up to stopping tests)."""
+
+    method: str = "flow"
+    ground: str = "l1"
+    steps: int | None = None
+    seed: int = 0
+    smoothing: str | None = None
+    sigma: float | None = None
+    noise_samples: int = 128
+    predict_n: int = 10_000
+    predict_alpha: float = 0.05
+    batch_size: int = 16
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", parse_option(AttackMethod, self.method, "method").value)
+        object.__setattr__(self, "ground", parse_option(Ground, self.ground, "ground").value)
+        if self.smoothing is not None:
+            object.__setattr__(self, "smoothing", parse_option(Noise, self.smoothing, "smoothing").value)
+            if not (isinstance(self.sigma, int | float) and math.isfinite(self.sigma) and self.sigma > 0):
+                raise ValueError(f"--smoothing needs --sigma, a positive finite number; got {self.sigma!r}")
+        elif self.sigma is not None:
+            raise ValueError("--sigma needs --smoothing wasserstein|laplace")
+        for name in ("batch_size", "noise_samples", "predict_n"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if not 0 < self.predict_alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.predict_alpha!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that must match for a run to be resumed."""
+        d = asdict(self)
+        d.pop("batch_size")
+        if self.smoothing is None:
+            for k in ("noise_samples", "predict_n", "predict_alpha"):
+                d.pop(k)
+        return d
+
+
+def parse_eps_list(spec: str) -> list[float]:
+    """Budgets from ``"0.001,0.002"``: finite, positive, in the order given (duplicates dropped)."""
+    try:
+        values = [float(p) for p in spec.split(",") if p.strip()]
+    except ValueError as exc:
+        raise ValueError(f"malformed --eps {spec!r}; use comma-separated positive numbers") from exc
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise ValueError(f"--eps must list positive finite W1 radii, got {spec!r}")
+    return list(dict.fromkeys(values))
+
+
+def _smoothing(settings: AttackSettings, model: nn.Module, num_classes: int, device):
+    if settings.smoothing is None:
+        return None
+    from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
+
+    cls = WassersteinSmoothing if settings.smoothing == Noise.WASSERSTEIN else LaplaceSmoothing
+    return cls(model, num_classes, settings.sigma, device=device, seed=settings.seed)
+
+
+def attack_dataset(
+    model: nn.Module,
+    dataset: Sequence[tuple[torch.Tensor, int]],
+    indices: Sequence[int],
+    eps_list: Sequence[float],
+    settings: AttackSettings,
+    out_dir: str | os.PathLike,
+    *,
+    num_classes: int,
+    device: torch.device,
+    source: dict[str, Any] | None = None,
+    certify_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Attack ``dataset[i]`` for every ``i`` in ``indices`` at every budget, resumably; return the summary.
+
+    Raises
+    ------
+    ValueError
+        If another run holds ``out_dir``, it holds rows of other settings, or ``certify_dir`` is
+        not a certification of the same checkpoint with the same ground metric.
+    """
+    with locked_output(out_dir):
+        out = Path(out_dir)
+        _check_or_write_run(out, _as_jsonable({"settings": settings.identity(), "source": source or {}}))
+        certified = _certified_rows(certify_dir, settings, source, indices) if certify_dir else None
+        _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, device, progress)
+        return write_summary(out, settings, indices, eps_list, dataset, certified, source)
+
+
+def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, device, progress) -> None:
+    from tqdm.auto import tqdm
+
+    from wbench.attacks import attack
+
+    smoothing = _smoothing(settings, model, num_classes, device)
+    smooth_opts = (
+        {"noise_samples": settings.noise_samples, "predict_n": settings.predict_n,
+         "predict_alpha": settings.predict_alpha} if smoothing is not None else {}
+    )  # fmt: skip
+    indices = list(dict.fromkeys(int(i) for i in indices))
+    done = {(int(r["index"]), float(r["eps"])) for r in read_csv_rows(out / CSV_FILE)}
+    examples = _load_examples(out)
+    grid_indices = set(indices[:GRID_IMAGES])
+    bs = settings.batch_size
+    with CsvAppender(out / CSV_FILE, CSV_FIELDS) as appender:
+        for eps in eps_list:
+            todo = [i for i in indices if (i, eps) not in done]
+            bar = tqdm(range(0, len(todo), bs), desc=f"{settings.method} eps={eps:g}", disable=not progress)
+            for start in bar:
+                chunk = todo[start : start + bs]
+                x = torch.stack([torch.as_tensor(dataset[i][0]) for i in chunk]).to(device)
+                y = torch.tensor([int(dataset[i][1]) for i in chunk], dtype=torch.int64, device=device)
+                t0 = time.perf_counter()
+                per_batch = {"indices": chunk} if smoothing is not None else {}
+                res = attack(
+                    model, x, y, eps, settings.method, ground=settings.ground, smoothing=smoothing,
+                    steps=settings.steps, seed=settings.seed, **smooth_opts, **per_batch,
+                    **settings.method_options,
+                )  # fmt: skip
+                per = (time.perf_counter() - t0) / len(chunk)
+                for k, i in enumerate(chunk):
+                    appender.append(
+                        {
+                            "index": i, "eps": repr(eps), "label": int(y[k]),
+                            "prediction": int(res.prediction[k]),
+                            "success": int(res.success[k]), "abstain": int(res.abstain[k]),
+                            "w1": repr(float(res.w1[k])), "shrunk": int(res.shrunk[k]),
+                            "seconds": f"{per:.4f}",
+                        }
+                    )  # fmt: skip
+                    if i in grid_indices:
+                        examples[(i, eps)] = (x[k].cpu(), res.adversarial[k].cpu(), float(res.w1[k]))
+                if grid_indices & set(chunk):
+                    atomic_torch_save(
+                        [{"index": i, "eps": e, "clean": c, "adversarial": a, "w1": w}
+                         for (i, e), (c, a, w) in examples.items()],
+                        out / EXAMPLES_FILE,
+                    )  # fmt: skip
+            bar.close()
+
+
+def _load_examples(out: Path) -> dict:
+    path = out / EXAMPLES_FILE
+    if not path.is_file():
+        return {}
+    return {(d["index"], d["eps"]): (d["clean"], d["adversarial"], d["w1"]) for d in load_checkpoint(path)}
+
+
+def _certified_rows(certify_dir, settings: AttackSettings, source, indices) -> list[dict[str, str]]:
+    from wbench.certify_run import RUN_FILE, read_certify_rows
+
+    run_path = Path(certify_dir) / RUN_FILE
+    if not run_path.is_file():
+        raise ValueError(f"--certify-dir {certify_dir} holds no certify run ({RUN_FILE} missing)")
+    run = json.loads(run_path.read_text())
+    ground = run.get("settings", {}).get("ground")
+    if ground != settings.ground:
+        raise ValueError(
+            f"--certify-dir certified W1 with {ground} ground; this attack uses {settings.ground}"
+        )
+    theirs = run.get("source", {}).get("checkpoint_sha256")
+    ours = (source or {}).get("checkpoint_sha256")
+    if theirs != ours:
+        raise ValueError("--certify-dir certified a different checkpoint than the one attacked")
+    rows = read_certify_rows(certify_dir, indices)
+    if not rows:
+        raise ValueError(f"--certify-dir {certify_dir} has no rows for the attacked images")
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, str]], eps_list: Sequence[float]) -> list[dict[str, Any]]:
+    """Per budget: images, empirical robust accuracy, flips, abstentions, W1 statistics, seconds."""
+    out = []
+    for eps in eps_list:
+        sel = [r for r in rows if float(r["eps"]) == eps]
+        n = len(sel)
+        correct = sum(int(r["prediction"]) == int(r["label"]) for r in sel)
+        w1 = np.array([float(r["w1"]) for r in sel])
+        sec = sum(float(r["seconds"]) for r in sel)
+        out.append(
+            {
+                "eps": eps, "images": n, "robust_accuracy": correct / n if n else None,
+                "successes": sum(int(r["success"]) for r in sel),
+                "abstentions": sum(int(r["abstain"]) for r in sel),
+                "shrunk": sum(int(r["shrunk"]) for r in sel),
+                "max_w1_over_eps": float(w1.max() / eps) if n else None, "seconds": sec,
+                "images_per_s": n / sec if sec > 0 else None,
+            }
+        )  # fmt: skip
+    return out
+
+
+def write_summary(out, settings, indices, eps_list, dataset, certified, source) -> dict[str, Any]:
+    """Write ``summary.json`` (strict JSON, atomic), the robustness plot and the image grid."""
+    wanted = {int(i) for i in indices}
+    rows = [r for r in read_csv_rows(out / CSV_FILE) if int(r["index"]) in wanted]
+    eps_sorted = sorted(set(eps_list))
+    per_eps = summarize(rows, eps_sorted)
+    masses = [float(torch.as_tensor(dataset[i][0]).sum()) for i in sorted(wanted)]
+    mean_mass = float(np.mean(masses))
+    summary = {
+        "images": len(wanted),
+        "per_eps": per_eps,
+        "radius_units": f"W1 ({settings.ground} ground metric), normalised mass",
+        "pixel_mass_units": "W1 times the image's total pixel mass (images in [0, 1]; Wong et al.'s epsilon)",
+        "mean_image_mass": mean_mass,
+        "settings": asdict(settings),
+        "seed": settings.seed,
+        "source": source or {},
+        "environment": environment_record(),
+    }
+    if certified is not None:
+        summary["certified"] = _certified_curve(certified, eps_sorted)
+    atomic_write_text(
+        out / SUMMARY_FILE, json.dumps(_as_jsonable(summary), indent=2, sort_keys=True, allow_nan=False)
+    )
+    from wbench.plots import plot_attack_examples, plot_robust_accuracy
+
+    title = f"{settings.method} attack, {len(wanted)} images" + (
+        f", {settings.smoothing} smoothing sigma={settings.sigma:g}"
+        if settings.smoothing
+        else ", base network"
+    )
+    curves = {"empirical robust accuracy (attack)": (eps_sorted, [p["robust_accuracy"] for p in per_eps])}
+    cert = summary.get("certified")
+    plot_robust_accuracy(
+        curves, out / PLOT_FILE, certified=(cert["grid"], cert["certified_accuracy"]) if cert else None,
+        mean_mass=mean_mass, title=title, xlabel=f"W1 radius ({settings.ground} ground, normalised mass)",
+    )  # fmt: skip
+    examples = _load_examples(out)
+    if examples:
+        plot_attack_examples(examples, out / GRID_FILE, max_images=GRID_IMAGES)
+    return summary
+
+
+def _certified_curve(rows, eps_sorted) -> dict[str, Any]:
+    from wbench.certification import certified_accuracy
+    from wbench.certify_run import fine_radius_grid, row_arrays
+
+    pred, correct, radius = row_arrays(rows)
+    grid = fine_radius_grid(radius, np.asarray(eps_sorted))
+    acc = certified_accuracy(radius, correct, pred, grid)
+    at_eps = certified_accuracy(radius, correct, pred, np.asarray(eps_sorted))
+    return {
+        "images": len(rows),
+        "grid": [float(g) for g in grid],
+        "certified_accuracy": [float(a) for a in acc],
+        "certified_accuracy_at_eps": [float(a) for a in at_eps],
+    }
