@@ -38,7 +38,7 @@ class AttackIterationSuite:
         self.device = common.require_device(device)
         torch.manual_seed(0)
         self.model = build_model("mnist_wong").to(self.device).eval()
-        self.x = common.mnist_like(64, 1, 28, 28, device=self.device)
+        self.x = common.mnist5k_images(64, device=self.device)
         with torch.no_grad():
             self.y = self.model(self.x).argmax(1)
         objective = Objective(self.model)
