@@ -192,8 +192,8 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
                         examples[(i, eps)] = (x[k].cpu(), res.adversarial[k].cpu(), float(res.w1[k]))
                 if grid_indices & set(chunk):
                     atomic_torch_save(
-                        [{"index": i, "eps": e, "clean": c, "adversarial": a, "w1": w}
-                         for (i, e), (c, a, w) in examples.items()],
+                        {"examples": [{"index": i, "eps": e, "clean": c, "adversarial": a, "w1": w}
+                                      for (i, e), (c, a, w) in examples.items()]},
                         out / EXAMPLES_FILE,
                     )  # fmt: skip
             bar.close()
@@ -203,7 +203,10 @@ def _load_examples(out: Path) -> dict:
     path = out / EXAMPLES_FILE
     if not path.is_file():
         return {}
-    return {(d["index"], d["eps"]): (d["clean"], d["adversarial"], d["w1"]) for d in load_checkpoint(path)}
+    saved = load_checkpoint(path).get("examples")
+    if not isinstance(saved, list):
+        raise ValueError(f"{path} holds no 'examples' list; delete it and rerun to redraw the example grid")
+    return {(d["index"], d["eps"]): (d["clean"], d["adversarial"], d["w1"]) for d in saved}
 
 
 def _certified_rows(certify_dir, settings: AttackSettings, source, indices) -> list[dict[str, str]]:
