@@ -9,6 +9,8 @@ per sub-batch of ``batch`` samples (samples/s = batch / time); ``track_throughpu
 
 from __future__ import annotations
 
+import wbench.models  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
+import wbench.smoothing  # noqa: F401  (preimported for asv's forkserver, see bench/_common.py)
 from bench import _common as common
 
 _SIGMA = {"mnist_wong": 0.01, "resnet20_softplus": 1e-4, "cifar_resnet18": 1e-4}
@@ -19,15 +21,27 @@ _MODELS = common.grid(["mnist_wong"], ["mnist_wong", "resnet20_softplus", "cifar
 class _SmoothingFixture:
     """Builds the model, one test image, its repeated batch and both smoothed classifiers."""
 
-    def _build(self, model_name: str, batch: int, device: str) -> None:
+    def _build(self, model_name: str, batch: int, device: str, warm: str | None = None) -> None:
+        """Set up (or reuse, see :func:`bench._common.per_process`) the fixture; ``warm``: the kind of
+        call (``"forward"``, ``"wasserstein"``, ``"laplace"``) to run twice once it is built."""
+        self.device = common.require_device(device)
+        if model_name == "cifar_resnet18" and self.device.type == "cpu":
+            raise NotImplementedError("ResNet-18 at certification batch sizes is a GPU benchmark")
+
+        def build() -> dict:
+            self._make(model_name, batch)
+            for _ in range(2 if warm else 0):  # first-call allocations and kernel selection
+                self._call(warm)
+            return dict(vars(self))
+
+        vars(self).update(common.per_process((type(self).__name__, model_name, batch, device, warm), build))
+
+    def _make(self, model_name: str, batch: int) -> None:
         import torch
 
         from wbench.models import build_model
         from wbench.smoothing import LaplaceSmoothing, WassersteinSmoothing
 
-        self.device = common.require_device(device)
-        if model_name == "cifar_resnet18" and self.device.type == "cpu":
-            raise NotImplementedError("ResNet-18 at certification batch sizes is a GPU benchmark")
         torch.manual_seed(0)
         self.model = build_model(model_name).to(self.device).eval()
         c, h, w = _SHAPE[model_name]
@@ -41,6 +55,12 @@ class _SmoothingFixture:
         }
         self.batch = batch
         self._inference_mode = torch.inference_mode
+
+    def _call(self, kind: str) -> None:
+        if kind == "forward":
+            self._forward()
+        else:
+            self._smoothed(kind)
 
     def _forward(self) -> None:
         with self._inference_mode():
@@ -62,18 +82,19 @@ class SamplingThroughputSuite(_SmoothingFixture):
         list(common.DEVICES),
     )
     param_names = ("model", "kind", "batch", "device")
-    timeout = 300
+    # One process per case; 5-15 samples of one sub-batch each, sampling stops after 3 s.
+    rounds = 1
     number = 1
-    repeat = (3, 10, 10.0)
-    warmup_time = 0.0
+    repeat = (5, 15, 3.0)
+    min_run_count = 5
+    warmup_time = 0.0  # the warm-up is in setup
+    timeout = 90
 
     def setup(self, model, kind, batch, device):
-        self._build(model, batch, device)
-        self._run = self._forward if kind == "forward" else (lambda: self._smoothed(kind))
-        self._run()  # warm-up: first-call allocations and kernel selection
+        self._build(model, batch, device, warm=kind)
 
     def time_batch(self, model, kind, batch, device):
-        self._run()
+        self._call(kind)
 
 
 class SmoothingOverheadSuite(_SmoothingFixture):
@@ -81,9 +102,10 @@ class SmoothingOverheadSuite(_SmoothingFixture):
 
     params = (_MODELS, ["wasserstein", "laplace"], common.grid([1000], [100, 1000]), list(common.DEVICES))
     param_names = ("model", "noise", "batch", "device")
-    timeout = 600
     unit = "ratio"
-    rounds_per_call = 7
+    rounds_per_call = 7  # interleaved pairs per call; the median pair ratio is reported
+    rounds = 1
+    timeout = 120
 
     def setup(self, model, noise, batch, device):
         self._build(model, batch, device)

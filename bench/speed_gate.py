@@ -1,10 +1,17 @@
 """CI speed gate: relative speed claims of wbench, checked as ratios measured in one process.
 
-Run ``python bench/speed_gate.py [--device cpu|cuda|auto] [--rounds N] [--json PATH]``. For each
-check both sides are timed alternately (A B A B ...) after a warm-up, so they share the machine's
-load; the gated figure is the median over rounds of the per-pair ratio time(A) / time(B). Absolute
-seconds are printed but never gated. The process exits 1 when any ratio misses its threshold (or a
-check cannot run), 0 otherwise.
+Run ``python bench/speed_gate.py [--device cpu|cuda|auto] [--rounds N] [--threads N] [--json PATH]
+[-- PYTEST_ARGS]``. Each check is one pytest test run by pytest-benchmark in pedantic mode: its
+warm-up rounds, then its rounds, each round timing side A then side B back to back (A B A B ...), so
+both sides share the machine's load. The gated figure is the median over rounds of the per-pair ratio
+time(A) / time(B); absolute seconds are printed but never gated. ``--json`` writes pytest-benchmark's
+JSON (machine and commit info, per-round statistics) with every check's A and B timings, ratio,
+threshold and verdict. The process exits 1 when any ratio misses its threshold (or a check cannot
+run), 0 otherwise.
+
+pytest-benchmark's calibration is not used: it would batch several calls of one side between two clock
+reads, which breaks the A/B pairing, and every side takes a millisecond or more, far above the
+timer's resolution.
 
 Checks (thresholds from the project's issue):
 
@@ -15,16 +22,21 @@ Checks (thresholds from the project's issue):
 * flow-noise training step <= 1.25x the clean step (MNIST net, batch 128);
 * Wasserstein-penalty step <= 1.3x the Euclidean-penalty step (MNIST net, batch 128);
 * the ``"network"`` W1 solver >= 3x faster than POT on 28x28 dense histograms.
+
+This module imports neither pytest nor pytest-benchmark at import time: asv imports every module of
+``bench/`` to discover benchmarks, in a virtualenv that has only wbench's runtime dependencies.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import operator
+import re
 import statistics
 import sys
+import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,26 +109,38 @@ def summarise(check: RatioCheck, times_a: Sequence[float], times_b: Sequence[flo
     )
 
 
-def run_check(
-    check: RatioCheck,
-    device: object,
-    rounds: int | None = None,
-    *,
-    clock: Callable[[], float] = time.perf_counter,
-) -> Outcome:
-    """Build and time one check; an exception becomes a failed outcome carrying the error."""
-    n = rounds if rounds is not None else check.rounds
-    try:
-        fn_a, fn_b = check.build(device)
-        times_a, times_b = common.interleaved_times(fn_a, fn_b, n, warmup=check.warmup, clock=clock)
-    except Exception as exc:  # report the broken check as FAIL with its cause, keep gating the others
-        traceback.print_exc()
-        nan = float("nan")
-        return Outcome(
-            check.name, check.side_a, check.side_b, nan, nan, nan, check.op, check.threshold, 0, False,
-            error=f"{type(exc).__name__}: {exc}",
-        )  # fmt: skip
-    return summarise(check, times_a, times_b)
+def measure(benchmark, check: RatioCheck, device: object, rounds: int, clock: Callable[[], float]) -> Outcome:
+    """Time ``check`` with pytest-benchmark's ``benchmark`` fixture and summarise it.
+
+    ``benchmark.pedantic`` runs ``check.warmup`` warm-up rounds and ``rounds`` measured rounds of one
+    A-then-B pair (no calibration: one call per side per round); ``clock`` splits each round into the
+    time of A and the time of B. The per-side timings, the ratio and the verdict go into the
+    benchmark's ``extra_info``, so they land in the ``--benchmark-json`` output.
+    """
+    fn_a, fn_b = check.build(device)
+    times_a: list[float] = []
+    times_b: list[float] = []
+
+    def one_round() -> None:
+        t0 = clock()
+        fn_a()
+        t1 = clock()
+        fn_b()
+        t2 = clock()
+        times_a.append(t1 - t0)
+        times_b.append(t2 - t1)
+
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=check.warmup, iterations=1)
+    if len(times_a) != check.warmup + rounds:
+        raise RuntimeError(
+            f"pytest-benchmark ran {len(times_a)} rounds, expected {check.warmup} warm-up + {rounds} "
+            "(is --benchmark-disable or --benchmark-skip set?)"
+        )
+    outcome = summarise(check, times_a[check.warmup :], times_b[check.warmup :])
+    benchmark.extra_info.update(
+        {"times_a_s": times_a[check.warmup :], "times_b_s": times_b[check.warmup :], **asdict(outcome)}
+    )
+    return outcome
 
 
 def format_table(outcomes: Sequence[Outcome]) -> str:
@@ -268,13 +292,104 @@ def _json_safe(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
 
 
+def check_id(check: RatioCheck) -> str:
+    """The pytest id of a check: its name with every run of other characters than ``[A-Za-z0-9.]``
+    replaced by one dash (``"W1 network vs POT (28x28 dense)"`` -> ``"W1-network-vs-POT-28x28-dense"``)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", check.name).strip("-")
+
+
+PLUGIN_NAME = "wbench-speed-gate"
+
+
+class GatePlugin:
+    """The gate's settings and results inside the pytest session that :func:`main` starts.
+
+    It parametrises :func:`test_ratio` over the checks, adds the wbench environment to
+    pytest-benchmark's machine info, records an outcome per check (an ``ERROR`` row for a check whose
+    build or timing raised) and adds the gate's summary to the ``--benchmark-json`` output.
+    """
+
+    def __init__(
+        self,
+        checks: Sequence[RatioCheck],
+        device: object,
+        rounds: int | None,
+        clock: Callable[[], float],
+        threads: int,
+    ) -> None:
+        self.checks = list(checks)
+        self.device = device
+        self.rounds = rounds
+        self.clock = clock
+        self.threads = threads
+        self.outcomes: dict[str, Outcome] = {}
+        self.__name__ = PLUGIN_NAME  # pytest registers a plugin object under its __name__
+
+    def check(self, name: str) -> RatioCheck:
+        return next(c for c in self.checks if c.name == name)
+
+    def pytest_generate_tests(self, metafunc) -> None:
+        if "check_name" in metafunc.fixturenames:
+            metafunc.parametrize("check_name", [c.name for c in self.checks], ids=map(check_id, self.checks))
+
+    def pytest_runtest_logreport(self, report) -> None:
+        """A check that raised gets an ERROR outcome carrying the last line of its error."""
+        if not report.failed:
+            return
+        names = [value for key, value in report.user_properties if key == "check"]
+        if names and names[0] not in self.outcomes:
+            check = self.check(names[0])
+            lines = [line for line in report.longreprtext.splitlines() if line.startswith("E ")]
+            error = lines[-1][1:].strip() if lines else report.longreprtext.splitlines()[-1]
+            nan = float("nan")
+            self.outcomes[check.name] = Outcome(
+                check.name, check.side_a, check.side_b, nan, nan, nan, check.op, check.threshold, 0, False,
+                error=error,
+            )  # fmt: skip
+
+    def pytest_benchmark_update_machine_info(self, config, machine_info: dict) -> None:
+        from wbench.runio import environment_record
+
+        machine_info["wbench"] = {
+            "device": str(self.device),
+            "torch_threads": self.threads,
+            "environment": environment_record(),
+        }
+
+    def pytest_benchmark_update_json(self, config, benchmarks, output_json: dict) -> None:
+        ordered = [self.outcomes[c.name] for c in self.checks if c.name in self.outcomes]
+        output_json["speed_gate"] = {
+            "device": str(self.device),
+            "torch_threads": self.threads,
+            "passed": bool(ordered) and all(o.passed for o in ordered),
+            "checks": [_json_safe(asdict(o)) for o in ordered],
+        }
+
+
+def test_ratio(benchmark, check_name: str, request) -> None:
+    """One gated ratio, measured by :func:`measure`; fails when it misses its threshold.
+
+    Collected only in the session :func:`main` starts (its :class:`GatePlugin` provides ``check_name``).
+    """
+    gate = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
+    check = gate.check(check_name)
+    request.node.user_properties.append(("check", check.name))
+    rounds = gate.rounds if gate.rounds is not None else check.rounds
+    outcome = measure(benchmark, check, gate.device, rounds, gate.clock)
+    gate.outcomes[check.name] = outcome
+    assert outcome.passed, (
+        f"{check.name}: time({check.side_a}) / time({check.side_b}) = {outcome.ratio:.3f}, "
+        f"needs {check.op} {check.threshold:g}"
+    )
+
+
 def main(
     argv: Sequence[str] | None = None,
     checks: Sequence[RatioCheck] = CHECKS,
     *,
     clock: Callable[[], float] = time.perf_counter,
 ) -> int:
-    """Run every check, print the table, optionally write JSON; return 1 if any check fails.
+    """Run every check under pytest-benchmark, print the table, optionally write JSON; 1 if any fails.
 
     ``checks`` and ``clock`` are injectable so the gate's logic can be tested on synthetic timings.
     """
@@ -283,7 +398,9 @@ def main(
     parser.add_argument(
         "--rounds", type=int, default=None, help="interleaved rounds per check (default: per check, 11-101)"
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write pytest-benchmark's JSON, with the gate's figures"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -291,12 +408,19 @@ def main(
         help="torch intra-op threads (default: torch's own default, left untouched). On a machine "
         "shared with other jobs, 1 measures the work itself rather than thread-scheduling stalls",
     )
+    parser.add_argument(
+        "pytest_args",
+        nargs="*",
+        metavar="-- PYTEST_ARGS",
+        help="passed on to pytest, e.g. -- --benchmark-autosave or -- -k W1",
+    )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
 
+    import pytest
     import torch
 
     if args.threads is not None:
@@ -309,35 +433,42 @@ def main(
     except ValueError as exc:
         parser.error(str(exc))
 
-    started = time.perf_counter()
-    outcomes = []
-    for check in checks:
-        print(f"[speed gate] {check.name} ...", flush=True)
-        outcomes.append(run_check(check, device, args.rounds, clock=clock))
-    elapsed = time.perf_counter() - started
-
-    print()
     threads = torch.get_num_threads()
+    plugin = GatePlugin(checks, device, args.rounds, clock, threads)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="speed-gate-") as tmp:
+        raw_json = Path(tmp) / "benchmark.json"
+        pytest_argv = [
+            str(Path(__file__).resolve()),
+            "-p", "no:cacheprovider",
+            "-q",
+            "--tb=short",
+            "--benchmark-columns=min,median,max,rounds",
+            "--benchmark-sort=name",
+            f"--benchmark-json={raw_json}",
+            *args.pytest_args,
+        ]  # fmt: skip
+        status = pytest.main(pytest_argv, plugins=[plugin])
+        elapsed = time.perf_counter() - started
+        if args.json is not None and raw_json.exists():
+            from wbench.runio import atomic_write_json
+
+            record = json.loads(raw_json.read_text())
+            record["speed_gate"]["seconds"] = elapsed
+            atomic_write_json(args.json, record)
+            print(f"speed gate: wrote {args.json}")
+
+    # Checks deselected with -- -k ... have no outcome; a check that raised has an ERROR one.
+    outcomes = [plugin.outcomes[c.name] for c in checks if c.name in plugin.outcomes]
+    print()
     print(
         f"speed gate on {device}, {threads} torch threads "
         "(ratio = median over rounds of time(A) / time(B), interleaved A B A B)"
     )
     print(format_table(outcomes))
-    failed = [o.name for o in outcomes if not o.passed]
-    print(f"\n{len(outcomes) - len(failed)}/{len(outcomes)} passed in {elapsed:.1f} s")
-    if args.json is not None:
-        from wbench.runio import atomic_write_json, environment_record
-
-        payload = {
-            "device": str(device),
-            "torch_threads": threads,
-            "seconds": elapsed,
-            "passed": not failed,
-            "checks": [_json_safe(asdict(o)) for o in outcomes],
-            "environment": environment_record(),
-        }
-        atomic_write_json(args.json, payload)
-    return 1 if failed else 0
+    passed = sum(o.passed for o in outcomes)
+    print(f"\n{passed}/{len(outcomes)} passed in {elapsed:.1f} s")
+    return 0 if status == 0 and outcomes and passed == len(outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import itertools
 import math
 import numbers
 import pkgutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -123,7 +125,76 @@ def test_cuda_cases_skip_without_a_gpu(cls):
 
 def test_suite_timeouts_are_set():
     for _, cls, _ in _suites():
-        assert 0 < cls.timeout <= 600, cls.__name__
+        assert 0 < cls.timeout <= 180, cls.__name__
+        assert cls.rounds == 1, cls.__name__  # one process per case: the budget below assumes it
+
+
+def _reduced_cpu_cases(cls) -> list[tuple]:
+    lists = [["cpu"] if n == "device" else v for n, v in zip(cls.param_names, _param_lists(cls), strict=True)]
+    return list(itertools.product(*lists))
+
+
+def test_timed_suites_set_their_sampling_and_fit_the_budget():
+    """Every ``time_`` suite sets asv's sampling knobs itself, and the reduced CPU grid's sampling time
+    (cases x the per-case cap ``repeat[2]``) stays within 3 minutes, so a full ``asv run`` fits its
+    10-minute budget on 2 cores with room for setup, warm-ups and a loaded machine."""
+    total = 0.0
+    for _, cls, methods in _suites():
+        timed = [m for m in methods if m.startswith("time_")]
+        if not timed:
+            continue
+        min_repeat, max_repeat, max_time = cls.repeat
+        assert 1 <= min_repeat <= max_repeat and 0 < max_time <= 5.0, cls.__name__
+        assert cls.number == 1 and cls.warmup_time == 0.0, cls.__name__  # warm-ups are in setup
+        assert cls.min_run_count == min_repeat, cls.__name__
+        total += len(timed) * len(_reduced_cpu_cases(cls)) * max_time
+    assert total <= 180.0, total
+
+
+def test_full_grid_extends_the_reduced_one(monkeypatch):
+    monkeypatch.setenv("WBENCH_BENCH_FULL", "1")
+    full_common = importlib.reload(common)
+    try:
+        assert full_common.FULL
+        for mod_name in SUITE_MODULES:
+            module = importlib.import_module(f"bench.{mod_name}")
+            reduced = {n: _param_lists(c) for n, c in vars(module).items() if hasattr(c, "param_names")}
+            full_module = importlib.reload(module)
+            for name, lists in reduced.items():
+                full_lists = _param_lists(getattr(full_module, name))
+                for small, big in zip(lists, full_lists, strict=True):
+                    assert set(small) <= set(big), (mod_name, name, small, big)
+                assert sum(map(len, full_lists)) >= sum(map(len, lists))
+    finally:
+        monkeypatch.delenv("WBENCH_BENCH_FULL")
+        importlib.reload(common)
+        for mod_name in SUITE_MODULES:
+            importlib.reload(importlib.import_module(f"bench.{mod_name}"))
+
+
+def test_per_process_builds_once_per_key_and_keeps_one_entry():
+    built = []
+
+    def build(tag):
+        def make():
+            built.append(tag)
+            return {"tag": tag}
+
+        return make
+
+    first = common.per_process(("suite", 1), build("a"))
+    assert common.per_process(("suite", 1), build("b")) is first  # reused, not rebuilt
+    assert built == ["a"]
+    assert common.per_process(("suite", 2), build("c")) == {"tag": "c"}
+    assert common.per_process(("suite", 1), build("d")) == {"tag": "d"}  # one entry: rebuilt
+    assert built == ["a", "c", "d"]
+
+
+def test_speed_gate_imports_without_pytest():
+    """asv imports every module of bench/ in a virtualenv holding only wbench's dependencies."""
+    code = "import sys; sys.modules['pytest'] = None; import bench.speed_gate as g; print(len(g.CHECKS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "5"
 
 
 def test_grid_switches_on_full_flag(monkeypatch):

@@ -1,4 +1,8 @@
-"""The speed gate's ratio / threshold logic, on synthetic timings (no real timing is asserted)."""
+"""The speed gate's ratio / threshold logic, on synthetic timings (no real timing is asserted).
+
+``gate.main`` starts a pytest session of its own (pytest-benchmark drives the rounds); the synthetic
+checks and the fake clock reach it through the gate's plugin.
+"""
 
 from __future__ import annotations
 
@@ -104,15 +108,11 @@ def test_summarise_reports_medians_ratio_and_verdict():
     assert not slow.passed
 
 
-def test_run_check_turns_an_exception_into_a_failed_outcome():
-    def broken(_device):
-        raise ImportError("wbench.transport is missing")
-
-    check = gate.RatioCheck("broken", "A", "B", ">=", 3.0, broken)
-    out = gate.run_check(check, "cpu")
-    assert not out.passed
-    assert "ImportError: wbench.transport is missing" in out.error
-    assert math.isnan(out.ratio)
+def test_check_ids_are_dash_separated_names():
+    ids = [gate.check_id(c) for c in gate.CHECKS]
+    assert ids[-1] == "W1-network-vs-POT-28x28-dense"
+    assert len(set(ids)) == len(ids)
+    assert all(" " not in i and "(" not in i for i in ids)
 
 
 def test_main_passes_fails_and_writes_json(tmp_path, capsys):
@@ -123,14 +123,25 @@ def test_main_passes_fails_and_writes_json(tmp_path, capsys):
     out_json = tmp_path / "gate.json"
     rc = gate.main(["--device", "cpu", "--json", str(out_json)], checks=[good, bad], clock=clock)
     assert rc == 1
+    assert clock.log == ["A", "B"] * 8  # interleaved: 2 checks x (1 warm-up + 3 rounds)
     text = capsys.readouterr().out
     for figure in ("flow vs clean", "network vs pot", "1.200", "2.500", "<= 1.25", ">= 3", "PASS", "FAIL"):
         assert figure in text
     record = json.loads(out_json.read_text())
-    assert record["passed"] is False
-    assert [c["passed"] for c in record["checks"]] == [True, False]
-    assert record["checks"][0]["ratio"] == pytest.approx(1.2)
-    assert record["checks"][1]["median_a_s"] == pytest.approx(2.5)
+    summary = record["speed_gate"]
+    assert summary["passed"] is False and summary["device"] == "cpu"
+    assert [c["passed"] for c in summary["checks"]] == [True, False]
+    assert summary["checks"][0]["ratio"] == pytest.approx(1.2)
+    assert summary["checks"][1]["median_a_s"] == pytest.approx(2.5)
+    # pytest-benchmark's own record: one entry per check, warm-up rounds excluded, machine info
+    # extended with the wbench environment.
+    by_check = {b["params"]["check_name"]: b for b in record["benchmarks"]}
+    assert set(by_check) == {"flow vs clean", "network vs pot"}
+    assert by_check["flow vs clean"]["stats"]["rounds"] == 3
+    assert by_check["flow vs clean"]["extra_info"]["times_a_s"] == pytest.approx([1.2, 1.2, 1.4])
+    assert by_check["flow vs clean"]["extra_info"]["times_b_s"] == pytest.approx([1.0, 1.0, 1.0])
+    assert record["machine_info"]["wbench"]["torch_threads"] >= 1
+    assert "torch" in json.dumps(record["machine_info"]["wbench"]["environment"])
 
     clock2 = FakeClock()
     only_good = _check([9, 1.0, 1.1, 1.0], [9, 1.0, 1.0, 1.0], "<=", 1.25, clock2)
@@ -159,6 +170,15 @@ def test_main_reports_a_broken_check_as_failure_and_keeps_going(capsys):
     assert gate.main([], checks=checks, clock=clock) == 1
     text = capsys.readouterr().out
     assert "ERROR" in text and "RuntimeError: solver crashed" in text and "PASS" in text
+    assert "1/2 passed" in text
+
+
+def test_main_fails_when_pytest_benchmark_is_disabled(capsys):
+    """--benchmark-disable would run each round function once: the gate refuses to judge that."""
+    clock = FakeClock()
+    check = _check([9, 1.0, 1.0], [9, 1.0, 1.0], "<=", 1.25, clock)
+    assert gate.main(["--", "--benchmark-disable"], checks=[check], clock=clock) == 1
+    assert "--benchmark-disable" in capsys.readouterr().out
 
 
 def test_gate_thresholds_are_the_issues():
@@ -183,8 +203,18 @@ def test_threads_flag_sets_torch_threads_and_is_recorded(tmp_path):
     try:
         assert gate.main(["--threads", "1", "--json", str(out_json)], checks=[check], clock=clock) == 0
         assert torch.get_num_threads() == 1
-        assert json.loads(out_json.read_text())["torch_threads"] == 1
+        assert json.loads(out_json.read_text())["speed_gate"]["torch_threads"] == 1
     finally:
         torch.set_num_threads(before)
     with pytest.raises(SystemExit):
         gate.main(["--threads", "0"], checks=[check], clock=clock)
+
+
+def test_pytest_selection_gates_only_the_selected_checks(capsys):
+    clock = FakeClock()
+    fast = _check([9, 1.0, 1.0], [9, 1.0, 1.0], "<=", 1.25, clock, name="selected one")
+    slow = _check([9, 5.0, 5.0], [9, 1.0, 1.0], "<=", 1.25, clock, name="left out")
+    assert gate.main(["--", "-k", "selected"], checks=[fast, slow], clock=clock) == 0
+    assert "1/1 passed" in capsys.readouterr().out
+    assert clock.log == ["A", "B"] * 3  # the deselected check was never built or timed
+    assert gate.main(["--", "-k", "no-such-check"], checks=[fast, slow], clock=clock) == 1

@@ -57,7 +57,10 @@ def load() -> Any | None:
     """``torch.ops.wbench_noise`` (compiled on first use), or ``None`` if disabled or not buildable."""
     if os.environ.get("WBENCH_FASTNOISE", "1") == "0":
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    # one build folder per source, flags and torch installation: two checkouts or virtualenvs that
+    # shared a name would rewrite each other's build.ninja and recompile on every process start
+    build_id = "\0".join((" ".join(CFLAGS), str(SOURCE), torch.__version__, str(Path(torch.__file__).parent)))
+    digest = hashlib.sha256(SOURCE.read_bytes() + build_id.encode()).hexdigest()[:12]
     try:
         cpp_extension = _import_cpp_extension()
         cpp_extension.load(
