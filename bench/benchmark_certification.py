@@ -45,7 +45,7 @@ class _SmoothingFixture:
         torch.manual_seed(0)
         self.model = build_model(model_name).to(self.device).eval()
         c, h, w = _SHAPE[model_name]
-        self.x = common.mnist_like(1, c, h, w, density=0.2 if c == 1 else 1.0, device=self.device)[0]
+        self.x = common.images(1, c, h, w, device=self.device)[0]
         self.batch_x = self.x.unsqueeze(0).repeat(batch, 1, 1, 1)
         kwargs = dict(batch_size=batch, device=self.device, seed=0)
         sigma = _SIGMA[model_name]

@@ -40,7 +40,7 @@ class FlowSamplingSuite:
         device = self.device
         c, h, w = _SHAPES[shape]
         self.image_shape = (batch, c, h, w)
-        self.x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, device=device)
+        self.x = common.images(batch, c, h, w, device=device)
         self.plan = sample_laplace_flow(self.image_shape, _SIGMA, seed=0, device=device)
         self._sample, self._apply = sample_laplace_flow, apply_flow
         # One call of each outside the timing: first-call allocations, thread-pool start.
@@ -84,7 +84,7 @@ class SmoothingNoiseSuite:
         from wbench.noise import perturb
 
         c, h, w = _SHAPES[shape]
-        self.x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, device=self.device)
+        self.x = common.images(batch, c, h, w, device=self.device)
         self._perturb = perturb
         # One call of each outside the timing: first-call allocations, thread-pool start.
         self.time_perturb(batch, shape, noise, device_name)

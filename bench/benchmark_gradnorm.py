@@ -17,7 +17,7 @@ _IMPLS = ["conv", "dense", "edges"]
 
 def _inputs(batch: int, shape: str, device):
     c, h, w = _SHAPES[shape]
-    x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, seed=1, device=device)
+    x = common.images(batch, c, h, w, seed=1, device=device)
     grad = common.mnist_like(batch, c, h, w, density=1.0, seed=2, device=device) - 0.5
     return x, grad
 

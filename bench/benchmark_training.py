@@ -30,7 +30,7 @@ def _warm_step(model: str, mode: str, batch: int, device) -> dict:
     c, h, w = _SHAPE[model]
     torch.manual_seed(0)
     net = build_model(model).to(device)
-    x = common.mnist_like(batch, c, h, w, density=0.2 if c == 1 else 1.0, device=device)
+    x = common.images(batch, c, h, w, device=device)
     y = common.labels(batch, device=device)
     step = common.make_train_step(net, mode, device=device, sigma=_SIGMA[model])
     for _ in range(2):

@@ -177,7 +177,7 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
 def _build_gradnorm(device) -> tuple[Thunk, Thunk]:
     from wbench.gradnorm import wasserstein_grad_norm_sq
 
-    x = common.mnist_like(32, 1, 28, 28, seed=1, device=device)
+    x = common.mnist5k_images(32, seed=1, device=device)
     grad = common.mnist_like(32, 1, 28, 28, density=1.0, seed=2, device=device) - 0.5
 
     def run(impl: str) -> Thunk:
@@ -199,7 +199,7 @@ def _build_smoothing(device) -> tuple[Thunk, Thunk]:
     batch = 1000
     torch.manual_seed(0)
     model = build_model("mnist_wong").to(device).eval()
-    x = common.mnist_like(1, 1, 28, 28, device=device)[0]
+    x = common.mnist5k_images(1, device=device)[0]
     batch_x = x.unsqueeze(0).repeat(batch, 1, 1, 1)
     smoother = WassersteinSmoothing(model, 10, 0.01, seed=0, batch_size=batch, device=device)
 
@@ -221,7 +221,7 @@ def _build_train(mode_a: str, mode_b: str) -> Callable[[object], tuple[Thunk, Th
 
         from wbench.models import build_model
 
-        x = common.mnist_like(128, 1, 28, 28, device=device)
+        x = common.mnist5k_images(128, device=device)
         y = common.labels(128, device=device)
         steps = []
         for mode in (mode_a, mode_b):

@@ -227,6 +227,25 @@ def test_mnist_like_images_are_seeded_nonnegative_with_positive_mass():
     assert bool((dense > 0).all())
 
 
+def test_benchmark_images_are_real_mnist5k_digits_at_28x28():
+    from wbench.data import load_dataset
+
+    train = load_dataset("mnist5k", "train")
+    x = common.images(12, 1, 28, 28, seed=3)
+    assert x.shape == (12, 1, 28, 28) and x.dtype == torch.float32
+    assert torch.equal(x, train.get_batch(list(range(3, 15)))[0])  # training digits 3..14, unchanged
+    assert torch.equal(common.mnist5k_images(4001)[4000], train[0][0])  # past 4,000 the digits repeat
+    assert torch.equal(
+        common.images(2, 3, 32, 32, seed=1), common.mnist_like(2, 3, 32, 32, density=1.0, seed=1)
+    )
+    a, b = common.histogram_pair(28, "sparse", seed=0)
+    assert a.sum() == pytest.approx(1.0, rel=1e-12) and b.sum() == pytest.approx(1.0, rel=1e-12)
+    np.testing.assert_allclose(
+        a * train[0][0].double().sum().item(), train[0][0][0].double().numpy(), rtol=1e-12
+    )
+    assert train[0][1] != train[1][1]  # two different digits
+
+
 def test_make_train_step_rejects_unknown_mode():
     net = torch.nn.Linear(1, 1)
     with pytest.raises(ValueError, match="unknown training mode 'adversarial'"):

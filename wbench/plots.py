@@ -35,28 +35,49 @@ def plot_certified_accuracy(
         ``label -> the largest radius the run's sample count can certify``, drawn as a dotted
         vertical line in the curve's colour: no curve can extend past it.
     """
+    plot_certified_accuracy_panels([(curves, xlabel)], path, title=title, styles=styles, caps=caps)
+
+
+def plot_certified_accuracy_panels(
+    panels: Sequence[tuple[Mapping[str, tuple[Sequence[float], Sequence[float]]], str]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+    caps: Mapping[str, float] | None = None,
+) -> None:
+    """Side-by-side panels of :func:`plot_certified_accuracy`, one per ``(curves, xlabel)``, in one PNG.
+
+    Used to show the same certificates against radii in two units (normalised and pixel mass).
+    ``caps`` (see :func:`plot_certified_accuracy`) are drawn on the first panel only, whose radii are
+    in normalised mass.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.0), dpi=120, squeeze=False)
     try:
-        for label, (radii, acc) in curves.items():
-            style = dict((styles or {}).get(label, {}))
-            (line,) = ax.step(np.asarray(radii), 100 * np.asarray(acc), where="post", label=label, **style)
-            if caps and label in caps:
-                ax.axvline(caps[label], color=line.get_color(), linestyle=":", linewidth=1.0)
-        if caps:
-            ax.plot([], [], color="0.4", linestyle=":", linewidth=1.0, label="largest certifiable radius")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("certified accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
+        for panel, (ax, (curves, xlabel)) in enumerate(zip(axes[0], panels, strict=True)):
+            panel_caps = caps if panel == 0 else None  # the sample-count cap is in normalised mass
+            for label, (radii, acc) in curves.items():
+                style = dict((styles or {}).get(label, {}))
+                (line,) = ax.step(
+                    np.asarray(radii), 100 * np.asarray(acc), where="post", label=label, **style
+                )
+                if panel_caps and label in panel_caps:
+                    ax.axvline(panel_caps[label], color=line.get_color(), linestyle=":", linewidth=1.0)
+            if panel_caps:
+                ax.plot([], [], color="0.4", linestyle=":", linewidth=1.0, label="largest certifiable radius")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("certified accuracy (%)")
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+            if curves:
+                ax.legend(fontsize=7)
         if title:
-            ax.set_title(title)
-        if curves:
-            ax.legend(fontsize=7)
+            fig.suptitle(title) if len(panels) > 1 else axes[0][0].set_title(title)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

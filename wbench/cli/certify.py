@@ -17,9 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint.pt written by `wbench train`")
     p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
-    p.add_argument("--dataset", default=None, help="digits | mnist | cifar10 (default: the checkpoint's)")
+    p.add_argument(
+        "--dataset", default=None, help="digits | mnist5k | mnist | cifar10 (default: the checkpoint's)"
+    )
     p.add_argument("--split", default="test", help="train | test (default: test)")
-    p.add_argument("--data-root", default=None, help="folder holding MNIST / CIFAR-10")
+    p.add_argument(
+        "--data-root", default=None, help="folder holding MNIST / CIFAR-10 (not for digits, mnist5k)"
+    )
     p.add_argument(
         "--indices", default=None, help="'3,5,9' or 'start:stop[:step]' (default: the whole split)"
     )
