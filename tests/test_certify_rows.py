@@ -39,3 +39,12 @@ def test_good_rows_are_read(tmp_path):
 def test_impossible_values_are_garbled(tmp_path, row, field):
     with pytest.raises(ValueError, match=rf"line 2 is garbled \({field} = "):
         read_certify_rows(_write(tmp_path, row))
+
+
+def test_pickle_stream_that_underflows_the_unpickler_stack_is_a_value_error(tmp_path):
+    from wbench.runio import load_checkpoint
+
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(b"]e.")  # EMPTY_LIST, APPENDS without a MARK: torch raises IndexError
+    with pytest.raises(ValueError, match="not a readable torch.save file"):
+        load_checkpoint(path)
