@@ -90,7 +90,8 @@ class CertifyScaleOutSuite(_LaunchFixture):
     params = (common.grid([1, 2], [1, 2, 4, 8]), list(common.DEVICES))
     param_names = ("processes", "device")
     unit = "noise samples/s"
-    timeout = 600
+    rounds = 1  # one launch per case: the launch itself is the sample
+    timeout = 180
     number = 1
     repeat = 1
 
@@ -107,7 +108,8 @@ class CertifyScalingEfficiencySuite(_LaunchFixture):
     params = (common.grid([2], [2, 4, 8]), list(common.DEVICES))
     param_names = ("processes", "device")
     unit = "ratio"
-    timeout = 600
+    rounds = 1
+    timeout = 180  # four launches of about 15 s each on a quiet 2-core machine
     rounds_per_call = 2
 
     def setup(self, processes, device):

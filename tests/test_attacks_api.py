@@ -158,3 +158,13 @@ def test_projected_sinkhorn_is_finite_in_float32_for_any_image_and_preset(preset
         assert bool(torch.isfinite(z).all() and torch.isfinite(plan_cost).all())
         assert bool((z >= 0).all())
         torch.testing.assert_close(z.flatten(1).sum(1), torch.ones(3), rtol=1e-5, atol=0)
+
+
+def test_empty_batch_and_overflowing_eps_are_value_errors():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+    with pytest.raises(ValueError, match="empty batch"):
+        attack(net, torch.empty(0, 1, 6, 6), torch.empty(0, dtype=torch.int64), eps=0.1)
+    images, labels = torch.rand(2, 1, 6, 6), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="overflows torch.float32"):
+        attack(net, images, labels, eps=1e300, method="flow", steps=2)

@@ -1,5 +1,5 @@
-"""Scale-out under torchrun (gloo, 2 CPU processes): sharded certify equals one process, a killed
-rank resumes, DDP training checkpoints, and bad launches stop every rank with one line.
+"""Scale-out under torchrun (gloo, 2 CPU processes): sharded certify and attack equal one process, a
+killed rank resumes, DDP training checkpoints, and bad launches stop every rank with one line.
 
 Each launch is ``python -m torch.distributed.run ... -m wbench ...`` in a subprocess with
 ``OMP_NUM_THREADS=1``, exactly as the README writes it (full flag names, since torchrun's own
@@ -30,6 +30,11 @@ LAUNCH_TIMEOUT_S = 300  # a hang fails the test instead of stalling CI
 CERTIFY = ["--n0", "20", "--num-samples", "200", "--batch", "64", "--device", "cpu", "--no-progress"]
 SLOW_CERTIFY = ["--n0", "100", "--num-samples", "3000", "--batch", "500", "--device", "cpu", "--no-progress"]
 RESULT_COLUMNS = ("index", "label", "prediction", "p_lower", "radius", "correct")  # all but seconds
+# a smoothed flow attack: its gradient noise and PREDICT are both keyed by the data-set index
+ATTACK = ["--method", "flow", "--eps", "0.05,0.2", "--steps", "3", "--batch", "2",
+          "--smoothing", "wasserstein", "--sigma", "0.02", "--noise-samples", "4", "--num-samples", "50",
+          "--device", "cpu", "--no-progress"]  # fmt: skip
+ATTACK_COLUMNS = ("index", "eps", "label", "prediction", "success", "abstain", "w1", "shrunk")  # not seconds
 
 
 def _free_port() -> int:
@@ -123,7 +128,7 @@ def test_commands_without_scale_out_refuse_torchrun(monkeypatch, capsys):
     assert "start it without torchrun" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["certify", "train", "reproduce"])
+@pytest.mark.parametrize("command", ["certify", "train", "reproduce", "attack"])
 def test_torchrun_accepts_every_full_flag_name(command):
     """torchrun parses its own options out of the whole command line and refuses any prefix that is
     ambiguous with them: every flag's full name must pass, the short aliases are why those exist."""
@@ -157,6 +162,61 @@ def test_two_processes_certify_like_one(checkpoint, tmp_path):
     assert (s1["launch"]["world_size"], s2["launch"]["world_size"]) == (1, 2)
     assert s2["launch"]["images"] == 7
     assert done.stdout.count("certified 7 images") == 1  # rank 0 alone reports
+
+
+def attack_results(rows):
+    return sorted((int(r["index"]), float(r["eps"]), *(r[k] for k in ATTACK_COLUMNS[2:])) for r in rows)
+
+
+def test_two_processes_attack_like_one(checkpoint, tmp_path):
+    """Batches of 2 over 6 images: rank 0 attacks [0, 1] and [4, 5], rank 1 [2, 3], per budget."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["attack", checkpoint, "--out", str(one), "--indices", "0:6", *ATTACK]) == 0
+    done = torchrun(["attack", checkpoint, "--out", two, "--indices", "0:6", *ATTACK])
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_csv_rows(two / "attack.csv")
+    assert len(rows) == 12 and attack_results(rows) == attack_results(read_csv_rows(one / "attack.csv"))
+    pairs = [(i, e) for i in range(6) for e in (0.05, 0.2)]
+    assert [(int(r["index"]), float(r["eps"])) for r in rows] == pairs  # merged, sorted by (index, eps)
+    assert not (two / "shards").exists() and not (two / distributed.RANKS_FILE).exists()
+    ex1, ex2 = (torch.load(d / "examples.pt", weights_only=True) for d in (one, two))
+    by_key = {(d["index"], d["eps"]): d for d in ex1}
+    assert sorted(by_key) == sorted((d["index"], d["eps"]) for d in ex2) and len(ex2) == 12
+    assert all(torch.equal(d["adversarial"], by_key[(d["index"], d["eps"])]["adversarial"]) for d in ex2)
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    per_eps = [[{k: v for k, v in p.items() if k not in ("seconds", "images_per_s")} for p in s["per_eps"]]
+               for s in (s1, s2)]  # fmt: skip
+    assert per_eps[0] == per_eps[1] and s2["images"] == 6
+    assert (two / "robust_accuracy.png").is_file() and (two / "examples.png").is_file()
+    assert done.stdout.count("attacked 6 images") == 1  # rank 0 alone reports
+
+
+def test_attack_picks_up_the_shards_of_a_killed_launch(checkpoint, tmp_path):
+    """What a killed 2-rank launch leaves (rows in its shards, a torn last line): a plain run keeps
+    those rows, attacks the rest, and merges all into one CSV sorted by (index, eps)."""
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    assert main(["attack", checkpoint, "--out", str(ref), "--indices", "0:6", *ATTACK]) == 0
+    ref_rows = {(r["index"], r["eps"]): r for r in read_csv_rows(ref / "attack.csv")}
+    first = [*ATTACK]
+    first[first.index("0.05,0.2")] = "0.05"
+    assert main(["attack", checkpoint, "--out", str(out), "--indices", "0:4", *first]) == 0
+    header = ",".join(read_csv_rows(ref / "attack.csv")[0])
+    planted = {}
+    for rank, index in ((0, "0"), (1, "3")):
+        row = dict(ref_rows[(index, "0.2")], seconds="123.0000")  # marks a row that must not be redone
+        planted[(index, "0.2")] = row
+        torn = "5,0.2,3" if rank == 1 else ""
+        (out / "shards").mkdir(exist_ok=True)
+        (out / "shards" / f"attack.rank{rank}.csv").write_text(
+            f"{header}\r\n{','.join(row.values())}\r\n{torn}"
+        )
+    assert main(["attack", checkpoint, "--out", str(out), "--indices", "0:6", *ATTACK]) == 0
+    rows = read_csv_rows(out / "attack.csv")
+    keys = [(int(r["index"]), float(r["eps"])) for r in rows]
+    assert keys == [(i, e) for i in range(6) for e in (0.05, 0.2)]  # complete, each pair once, merged
+    assert all(r == planted[(r["index"], r["eps"])] for r in rows if (r["index"], r["eps"]) in planted)
+    assert attack_results(rows) == attack_results(ref_rows.values())
+    assert not (out / "shards").exists()
 
 
 def _worker_pid(agent_pid: int, rank: int) -> int | None:

@@ -131,7 +131,7 @@ def test_bad_input_is_one_line_and_exit_2(reproduced, tmp_path, capsys):
         (["reproduce", "--dataset", "mnist5k", "--max", "1001", "--out", str(tmp_path / "d")],
          r"--max 1001 is outside the 1000 test images of 'mnist5k'"),
         (["reproduce", "--dataset", "mnist5k", "--max", "0", "--out", str(tmp_path / "e")],
-         r"--max 0 is outside the 1000 test images"),
+         r"--max must be >= 1, got 0"),
         (["reproduce", "--dataset", "mnist5k", "--paper-counts", "--n", "500", "--out", str(tmp_path / "f")],
          r"paper_counts.*not both"),
         (["certify", ckpt, "--split", "validation", "--out", str(tmp_path / "g")],

@@ -12,7 +12,15 @@ Layout of an output folder::
 
 Rerunning with the same settings skips the (image, budget) pairs already in ``attack.csv``; other
 settings raise ``ValueError``; the folder is locked against a concurrent run
-(:func:`wbench.runio.locked_output`). Budgets may be added on a rerun.
+(:func:`wbench.distributed.output_lock`). Budgets may be added on a rerun.
+
+Under torchrun the ranks share the work through :class:`wbench.sharding.ImageShards`, keyed by
+(index, eps), as ``wbench certify`` does: for each budget rank 0 cuts the pairs left into the
+batches one process would attack and deals them out in turn; rank R appends to
+``shards/attack.rank<R>.csv`` and keeps its grid images in ``shards/examples.rank<R>.pt``; when
+all are done rank 0 merges them into ``attack.csv`` (sorted by index, then eps) and
+``examples.pt`` and writes the summary and plots. Each batch is the one a single process attacks,
+and a smoothed attack's noise is keyed by (seed, index), so the rows equal a single process's.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from wbench.dataset_certification import _as_jsonable, _check_or_write_run
+from wbench import distributed as dist
+from wbench.dataset_certification import _as_jsonable, _check_or_write_run, _launch_record
 from wbench.options import AttackMethod, Ground, Noise, parse_option
 from wbench.runio import (
     CsvAppender,
@@ -38,9 +47,9 @@ from wbench.runio import (
     atomic_write_text,
     environment_record,
     load_checkpoint,
-    locked_output,
     read_csv_rows,
 )
+from wbench.sharding import SHARD_DIR, ImageShards
 
 CSV_FIELDS = ("index", "eps", "label", "prediction", "success", "abstain", "w1", "shrunk", "seconds")
 CSV_FILE, SUMMARY_FILE, PLOT_FILE, GRID_FILE, EXAMPLES_FILE = (
@@ -133,18 +142,34 @@ def attack_dataset(
 ) -> dict[str, Any]:
     """Attack ``dataset[i]`` for every ``i`` in ``indices`` at every budget, resumably; return the summary.
 
+    Under torchrun (:mod:`wbench.distributed`) the ranks share the pairs (module docstring);
+    every rank returns rank 0's summary.
+
     Raises
     ------
     ValueError
-        If another run holds ``out_dir``, it holds rows of other settings, or ``certify_dir`` is
-        not a certification of the same checkpoint with the same ground metric.
+        If another run holds ``out_dir``, it holds rows of other settings, ``certify_dir`` is
+        not a certification of the same checkpoint with the same ground metric, or (under
+        torchrun) the ranks were launched with different settings.
     """
-    with locked_output(out_dir):
+    indices = list(dict.fromkeys(int(i) for i in indices))  # a repeated index is attacked once
+    launch = _launch_record(settings, source, out_dir, indices)
+    launch.update(eps=list(eps_list), certify_dir=None if certify_dir is None else str(certify_dir))
+    dist.agree("attack settings", launch)
+    with dist.output_lock(out_dir):
         out = Path(out_dir)
-        _check_or_write_run(out, _as_jsonable({"settings": settings.identity(), "source": source or {}}))
-        certified = _certified_rows(certify_dir, settings, source, indices) if certify_dir else None
+        record = _as_jsonable({"settings": settings.identity(), "source": source or {}})
+        dist.on_main(_check_or_write_run, out, record)
+        certified = (
+            dist.on_main(_certified_rows, certify_dir, settings, source, indices) if certify_dir else None
+        )
         _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, device, progress)
-        return write_summary(out, settings, indices, eps_list, dataset, certified, source)
+        return dist.on_main(write_summary, out, settings, indices, eps_list, dataset, certified, source)
+
+
+def pair_key(row: dict[str, str]) -> tuple[int, float]:
+    """The key of an ``attack.csv`` row: (data-set index, budget)."""
+    return int(row["index"]), float(row["eps"])
 
 
 def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, device, progress) -> None:
@@ -157,15 +182,19 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
         {"noise_samples": settings.noise_samples, "predict_n": settings.predict_n,
          "predict_alpha": settings.predict_alpha} if smoothing is not None else {}
     )  # fmt: skip
-    indices = list(dict.fromkeys(int(i) for i in indices))
-    done = {(int(r["index"]), float(r["eps"])) for r in read_csv_rows(out / CSV_FILE)}
-    examples = _load_examples(out)
+    shards = ImageShards(out / CSV_FILE, CSV_FIELDS, key=pair_key)
+    examples_path = _examples_path(out)
+    examples = _load_examples(out, examples_path)
     grid_indices = set(indices[:GRID_IMAGES])
     bs = settings.batch_size
-    with CsvAppender(out / CSV_FILE, CSV_FIELDS) as appender:
+    with CsvAppender(shards.path, CSV_FIELDS) as appender:
         for eps in eps_list:
-            todo = [i for i in indices if (i, eps) not in done]
-            bar = tqdm(range(0, len(todo), bs), desc=f"{settings.method} eps={eps:g}", disable=not progress)
+            mine, left = shards.split([(i, eps) for i in indices], chunk=bs)
+            todo = [i for i, _ in mine]
+            desc = f"{settings.method} eps={eps:g}" + (
+                f" (rank 0 of {dist.world_size()}, {left} images in all)" if dist.active() else ""
+            )
+            bar = tqdm(range(0, len(todo), bs), desc=desc, disable=not (progress and dist.is_main()))
             for start in bar:
                 chunk = todo[start : start + bs]
                 x = torch.stack([torch.as_tensor(dataset[i][0]) for i in chunk]).to(device)
@@ -191,19 +220,54 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
                     if i in grid_indices:
                         examples[(i, eps)] = (x[k].cpu(), res.adversarial[k].cpu(), float(res.w1[k]))
                 if grid_indices & set(chunk):
-                    atomic_torch_save(
-                        [{"index": i, "eps": e, "clean": c, "adversarial": a, "w1": w}
-                         for (i, e), (c, a, w) in examples.items()],
-                        out / EXAMPLES_FILE,
-                    )  # fmt: skip
+                    _save_examples(examples, examples_path)
             bar.close()
+    dist.barrier()  # every rank has saved its examples
+    dist.on_main(_merge_example_shards, out)
+    shards.merge()
 
 
-def _load_examples(out: Path) -> dict:
-    path = out / EXAMPLES_FILE
-    if not path.is_file():
-        return {}
-    return {(d["index"], d["eps"]): (d["clean"], d["adversarial"], d["w1"]) for d in load_checkpoint(path)}
+def _examples_path(out: Path) -> Path:
+    """Where this rank keeps its grid images: ``examples.pt``, or its shard's file under torchrun."""
+    if not dist.active():
+        return out / EXAMPLES_FILE
+    return out / SHARD_DIR / f"examples.rank{dist.rank()}.pt"
+
+
+def _save_examples(examples: dict, path: Path) -> None:
+    atomic_torch_save(
+        {
+            "examples": [
+                {"index": i, "eps": e, "clean": c, "adversarial": a, "w1": w}
+                for (i, e), (c, a, w) in examples.items()
+            ]
+        },
+        path,
+    )
+
+
+def _load_examples(out: Path, *paths: Path) -> dict:
+    """Grid images of ``examples.pt`` and of ``paths`` (later files add to earlier ones)."""
+    examples = {}
+    for path in dict.fromkeys((out / EXAMPLES_FILE, *paths)):
+        if path.is_file():
+            saved = load_checkpoint(path).get("examples")
+            if not isinstance(saved, list):
+                raise ValueError(
+                    f"{path} holds no 'examples' list; delete it and rerun to redraw the example grid"
+                )
+            for d in saved:
+                examples[(d["index"], d["eps"])] = (d["clean"], d["adversarial"], d["w1"])
+    return examples
+
+
+def _merge_example_shards(out: Path) -> None:
+    """Rank 0: fold the ranks' grid images into ``examples.pt`` (atomic) and delete their files."""
+    parts = sorted((out / SHARD_DIR).glob("examples.rank*.pt"))
+    if parts:
+        _save_examples(_load_examples(out, *parts), out / EXAMPLES_FILE)
+        for path in parts:
+            path.unlink()
 
 
 def _certified_rows(certify_dir, settings: AttackSettings, source, indices) -> list[dict[str, str]]:

@@ -333,11 +333,28 @@ _FIELD_TYPES = {"index": int, "label": int, "prediction": int, "p_lower": float,
                 "correct": int, "seconds": float}  # fmt: skip
 
 
+def _field_ok(name: str, value: int | float, row: dict[str, str]) -> bool:
+    """Whether one parsed field is a value CERTIFY can write (a hand edit may break it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if name == "p_lower":
+        return 0.0 <= value <= 1.0
+    if name in ("radius", "seconds", "index", "label"):
+        return value >= 0
+    if name == "prediction":
+        return value >= -1
+    if name == "correct":
+        return value == int(int(row["prediction"]) == int(row["label"]))
+    return True
+
+
 def _check_row(path: Path, line: int, row: dict[str, str]) -> None:
     for name, kind in _FIELD_TYPES.items():
         try:
-            kind(row[name])
+            ok = _field_ok(name, kind(row[name]), row)
         except (KeyError, ValueError):
+            ok = False
+        if not ok:
             raise ValueError(
                 f"{path} line {line} is garbled ({name} = {row.get(name)!r}): "
                 "delete that line and rerun to redo that image"

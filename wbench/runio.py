@@ -291,7 +291,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {path} holds a {found.group(1)} object, which safe loading (weights_only=True) "
             "refuses; wbench reads checkpoints of tensors and plain containers, as `wbench train` writes"
         ) from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, zipfile.BadZipFile):
         raise ValueError(
             f"checkpoint {path} is not a readable torch.save file (truncated, damaged or another format)"
         ) from None

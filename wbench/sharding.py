@@ -1,6 +1,7 @@
 """Per-image work shared among the ranks of a torchrun launch: shard CSVs, the split, progress, the merge.
 
-Layout inside an output folder, next to the CSV a single process appends to::
+Layout inside an output folder, next to the CSV a single process appends to (``certify.csv`` of
+``wbench certify``, keyed by index; ``attack.csv`` of ``wbench attack``, keyed by (index, eps))::
 
     certify.csv                     rows of finished images (single process, or merged by rank 0)
     shards/certify.rank<R>.csv      rows appended by rank R of a launch (same columns)
@@ -8,10 +9,11 @@ Layout inside an output folder, next to the CSV a single process appends to::
 Every rank appends to its own shard with :class:`wbench.runio.CsvAppender` (one fsynced row per
 image; a torn last line from a kill is dropped when that shard is reopened, and ignored when
 read). Rank 0 decides what is left to do from the merged CSV and every shard, from any earlier
-launch and world size, and deals the remaining indices out in turn, so ranks hold disjoint
-shares and their counts differ by at most one. Once all ranks have finished, rank 0 merges
-the shards into the CSV, sorted by index, with an atomic write, and deletes them; a crash in
-between leaves rows in both places, and each index is then taken once.
+launch and world size, and deals the remaining keys out in turn (one key, or one chunk of
+consecutive keys, per turn), so ranks hold disjoint shares and their counts differ by at most one
+turn. Once all ranks have finished, rank 0 merges the shards into the CSV, sorted by key, with an
+atomic write, and deletes them; a crash in between leaves rows in both places, and each key is
+then taken once.
 
 Without a process group :attr:`ImageShards.path` is the CSV itself and nothing is merged
 unless an earlier sharded launch left shards behind.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +34,34 @@ from wbench.runio import atomic_write_text, read_csv_rows
 SHARD_DIR = "shards"
 
 
+def index_key(row: dict[str, str]) -> int:
+    """The key of a ``certify.csv`` row: its data-set index."""
+    return int(row["index"])
+
+
 class ImageShards:
     """The rows of a per-image CSV, written by one process or by the ranks of a launch.
 
     Parameters
     ----------
     csv_path : path-like
-        The merged CSV (``OUT/certify.csv``).
+        The merged CSV (``OUT/certify.csv``, ``OUT/attack.csv``).
     fields : sequence of str
-        Its columns; the first, ``index``, is the data-set index that keys the rows.
+        Its columns.
+    key : callable, optional
+        A row's key (hashable and sortable; one row per key): the items :meth:`split` deals out and
+        the order of the merged CSV. Default :func:`index_key`, the data-set index.
     """
 
-    def __init__(self, csv_path: str | Path, fields: Sequence[str]):
+    def __init__(
+        self,
+        csv_path: str | Path,
+        fields: Sequence[str],
+        key: Callable[[dict[str, str]], Hashable] = index_key,
+    ):
         self.csv_path = Path(csv_path)
         self.fields = list(fields)
+        self.key = key
         self.shard_dir = self.csv_path.parent / SHARD_DIR
 
     @property
@@ -60,30 +76,35 @@ class ImageShards:
         return sorted(self.shard_dir.glob(f"{self.csv_path.stem}.rank*{self.csv_path.suffix}"))
 
     def rows(self) -> list[dict[str, str]]:
-        """Complete rows of the merged CSV and of every shard, each index once (the first seen)."""
-        out: dict[int, dict[str, str]] = {}
+        """Complete rows of the merged CSV and of every shard, each key once (the first seen)."""
+        out: dict[Hashable, dict[str, str]] = {}
         for path in (self.csv_path, *self.shard_files()):
             for row in read_csv_rows(path):
-                out.setdefault(int(row["index"]), row)
+                out.setdefault(self.key(row), row)
         return list(out.values())
 
-    def split(self, indices: Iterable[int]) -> tuple[list[int], int]:
-        """This rank's share of ``indices`` not yet done anywhere, and the number left in total.
+    def split(self, keys: Iterable[Hashable], chunk: int = 1) -> tuple[list, int]:
+        """This rank's share of ``keys`` not yet done anywhere, and the number left in total.
 
-        Collective: rank 0 reads the files and deals the remaining indices out in turn.
+        Collective: rank 0 reads the files, drops the keys already in a row, cuts the rest into
+        runs of ``chunk`` consecutive keys and deals them out in turn. Only the last run of all is
+        shorter, and it ends the share of the rank that gets it, so cutting a share into runs of
+        ``chunk`` again gives back exactly the runs one process would cut (``wbench attack``
+        attacks each run as one batch).
         """
         todo = None
         if dist.is_main():
-            done = {int(r["index"]) for r in self.rows()}
-            todo = [i for i in indices if i not in done]
+            done = {self.key(r) for r in self.rows()}
+            todo = [k for k in keys if k not in done]
         todo = dist.broadcast(todo)
-        return todo[dist.rank() :: dist.world_size()], len(todo)
+        runs = [todo[s : s + chunk] for s in range(0, len(todo), chunk)]
+        return [k for run in runs[dist.rank() :: dist.world_size()] for k in run], len(todo)
 
     def merge(self) -> None:
-        """Collective: once every rank is done, rank 0 merges all shards into the CSV, sorted by index."""
+        """Collective: once every rank is done, rank 0 merges all shards into the CSV, sorted by key."""
         dist.barrier()
         if dist.is_main() and self.shard_files():
-            rows = sorted(self.rows(), key=lambda r: int(r["index"]))
+            rows = sorted(self.rows(), key=self.key)
             buf = io.StringIO(newline="")
             writer = csv.DictWriter(buf, fieldnames=self.fields, lineterminator="\r\n")
             writer.writeheader()

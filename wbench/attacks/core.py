@@ -24,7 +24,7 @@ from torch import nn
 from wbench.attacks import flow, frank_wolfe, sinkhorn
 from wbench.attacks.objective import Objective, SmoothedObjective
 from wbench.flow import FlowPlan
-from wbench.noise import check_mass_images
+from wbench.noise import check_mass_images, image_mass
 from wbench.options import AttackMethod, Ground, Solver, parse_option
 
 W1_RTOL = 1e-6
@@ -81,6 +81,8 @@ def _check_inputs(model, images, labels, eps, steps, seed) -> None:
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         raise ValueError("images must be a floating-point torch.Tensor of shape (B, C, H, W)")
     check_mass_images(images, "images")
+    if images.shape[0] == 0:
+        raise ValueError("images must hold at least one image; got an empty batch")
     if min(images.shape[-2:]) < 2:
         raise ValueError(f"images must be at least 2x2 for any mass to move; got shape {tuple(images.shape)}")
     if (
@@ -93,6 +95,8 @@ def _check_inputs(model, images, labels, eps, steps, seed) -> None:
         raise ValueError("labels must be non-negative class indices")
     if isinstance(eps, bool) or not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (a W1 radius in normalised mass), got {eps!r}")
+    if eps * float(image_mass(images).max()) > torch.finfo(images.dtype).max:
+        raise ValueError(f"eps={eps!r} times the image mass overflows {images.dtype}; use a smaller eps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Attack a base network or its smoothed classifier at each W1 budget (normalised mass, "
         "the units of certified radii). Writes OUT/attack.csv (one row per image and budget, resumable), "
         "OUT/summary.json, OUT/robust_accuracy.png (with --certify-dir's certified curve) and "
-        "OUT/examples.png.",
+        "OUT/examples.png. Under torchrun the ranks share the batches (see the README's Scale-out section); "
+        "use the full flag names there (--num-samples, --max-images), as torchrun refuses abbreviations "
+        "of its own options.",
     )
     p.add_argument("checkpoint", help="checkpoint.pt written by `wbench train`")
     p.add_argument("--method", required=True, help="flow | sinkhorn | frank_wolfe")
@@ -30,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--indices", default=None, help="'3,5,9' or 'start:stop[:step]' (default: the whole split)"
     )
-    p.add_argument("--max", type=int, default=None, dest="max_count", help="attack at most N images")
+    p.add_argument(
+        "--max-images", "--max", type=int, default=None, dest="max_count", help="attack at most N images"
+    )
     p.add_argument("--skip", type=int, default=1, help="take every SKIP-th index (default 1)")
     p.add_argument("--batch", type=int, default=16, help="images per attack batch (default 16)")
     p.add_argument(
@@ -41,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from wbench.data import dataset_info, load_dataset
     from wbench.dataset_attack import AttackSettings, attack_dataset, parse_eps_list
     from wbench.dataset_certification import file_sha256, parse_indices
-    from wbench.devices import resolve_device
+    from wbench.distributed import is_main, local_device
     from wbench.models import load_model
 
     eps_list = parse_eps_list(args.eps)
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         sigma=args.sigma, noise_samples=args.noise_samples, predict_n=args.n, predict_alpha=args.alpha,
         batch_size=args.batch, method_options={"preset": args.preset} if args.preset else {},
     )  # fmt: skip
-    device = resolve_device(args.device)
+    device = local_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     dataset = args.dataset or (ckpt.get("config") or {}).get("dataset")
     if dataset is None:
@@ -73,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         model, data, indices, eps_list, settings, args.out, num_classes=dataset_info(dataset)["num_classes"],
         device=device, source=source, certify_dir=args.certify_dir, progress=not args.no_progress,
     )  # fmt: skip
+    if not is_main():
+        return 0  # rank 0 reports the whole launch
     print(f"attacked {summary['images']} images with {settings.method} ({settings.ground} ground):")
     cert = summary.get("certified")
     for k, p in enumerate(summary["per_eps"]):
