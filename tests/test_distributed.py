@@ -179,7 +179,7 @@ def test_two_processes_attack_like_one(checkpoint, tmp_path):
     pairs = [(i, e) for i in range(6) for e in (0.05, 0.2)]
     assert [(int(r["index"]), float(r["eps"])) for r in rows] == pairs  # merged, sorted by (index, eps)
     assert not (two / "shards").exists() and not (two / distributed.RANKS_FILE).exists()
-    ex1, ex2 = (torch.load(d / "examples.pt", weights_only=True) for d in (one, two))
+    ex1, ex2 = (torch.load(d / "examples.pt", weights_only=True)["examples"] for d in (one, two))
     by_key = {(d["index"], d["eps"]): d for d in ex1}
     assert sorted(by_key) == sorted((d["index"], d["eps"]) for d in ex2) and len(ex2) == 12
     assert all(torch.equal(d["adversarial"], by_key[(d["index"], d["eps"])]["adversarial"]) for d in ex2)

@@ -120,7 +120,7 @@ def test_images_certified_at_the_cap_count_at_the_last_grid_point(tmp_path):
     at_cap = [certified_radius(np.nextafter(p, 0.0), 0.01), certified_radius(p, 0.01)]
     with CsvAppender(tmp_path / "certify.csv", CSV_FIELDS) as out:
         for i, r in enumerate([*at_cap, 0.0]):
-            out.append({"index": i, "label": 1, "prediction": 1, "p_lower": p, "radius": repr(r),
+            out.append({"index": i, "label": 1, "prediction": int(i < 2), "p_lower": p, "radius": repr(r),
                         "correct": int(i < 2), "seconds": 0.5})  # fmt: skip
     s = write_summary(tmp_path, settings)
     assert s["certified_accuracy"][-1] == pytest.approx(2 / 3, rel=0, abs=1e-15)
