@@ -44,7 +44,8 @@ from wbench.gradnorm.graph import (
 from wbench.options import EdgeWeight, GradNormImpl, Neighbourhood, parse_option
 
 
-def _check_inputs(x: torch.Tensor, grad: torch.Tensor, values: bool = True) -> None:
+def _check_inputs(x: torch.Tensor, grad: torch.Tensor) -> None:
+    """Types, shapes, dtypes and devices of ``x`` and ``grad`` (no device sync)."""
     for name, t in (("x", x), ("grad", grad)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -63,18 +64,24 @@ def _check_inputs(x: torch.Tensor, grad: torch.Tensor, values: bool = True) -> N
         raise ValueError(f"device mismatch: x on {x.device} vs grad on {grad.device}")
     if x.shape[-1] < 1 or x.shape[-2] < 1:
         raise ValueError(f"image plane must be at least 1x1, got shape {tuple(x.shape)}")
-    if x.numel() == 0 or not values:  # an empty batch (or no channels) has nothing to check
-        return
-    # Fast path: one reduction per tensor and a single host sync. A NaN or inf anywhere makes
-    # the sum non-finite; only then (or on float overflow of the sum) run the exact checks.
-    stats = torch.stack([x.sum(), grad.sum(), x.amin()]).tolist()
-    if not (math.isfinite(stats[0]) and math.isfinite(stats[1])):
+
+
+def _check_values(x: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> None:
+    """Finite, non-negative ``x``, finite ``grad`` and a finite norm ``out``, in one host sync.
+
+    One reduction per tensor: a NaN or inf anywhere makes a sum non-finite, and only then (or
+    on float overflow of a sum) do the exact checks run, to name the problem.
+    """
+    x_sum, grad_sum, x_min, out_sum = torch.stack([x.sum(), grad.sum(), x.amin(), out.sum()]).tolist()
+    if not (math.isfinite(x_sum) and math.isfinite(grad_sum)):
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or inf")
         if not bool(torch.isfinite(grad).all()):
             raise ValueError("grad contains NaN or inf")
-    if stats[2] < 0:
-        raise ValueError(f"x has negative mass (min {stats[2]:.3g}); x must be >= 0")
+    if x_min < 0:
+        raise ValueError(f"x has negative mass (min {x_min:.3g}); x must be >= 0")
+    if not math.isfinite(out_sum):
+        _check_overflow(out)
 
 
 def _conv_weights(h: int, w: int, spec: GraphSpec, device, dtype) -> torch.Tensor:
@@ -297,12 +304,12 @@ def wasserstein_grad_norm_sq(
     """
     spec = graph_spec(radius, neighbourhood, weights)
     kind = parse_option(GradNormImpl, impl, "impl")
-    _check_inputs(x, grad, values=check)
-    if x.numel() == 0:
+    _check_inputs(x, grad)
+    if x.numel() == 0:  # an empty batch (or no channels) has nothing to check
         return (x * grad).sum((1, 2, 3))
     out = _IMPLS[kind](x, grad, fit_to_image(spec, *x.shape[-2:]))
     if check:
-        _check_overflow(out)
+        _check_values(x, grad, out)
     return out
 
 
