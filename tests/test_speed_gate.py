@@ -184,12 +184,15 @@ def test_main_fails_when_pytest_benchmark_is_disabled(capsys):
 def test_gate_thresholds_are_the_issues():
     """Weakening a threshold must be a visible change of this test, never a silent edit."""
     got = {(c.side_a, c.side_b): (c.op, c.threshold) for c in gate.CHECKS}
+    # conv vs dense 20 -> 15 and network vs POT 3 -> 2: the slower reference sides got faster (dense on
+    # real MNIST-5k digits, POT on the min(x, y)-reduced problem) while conv and network did not slow
+    # down; the measurements are in bench/speed_gate.py's docstring
     assert got == {
-        ("dense", "conv"): (">=", 20.0),
+        ("dense", "conv"): (">=", 15.0),
         ("forward", "W-smoothed"): (">=", 0.8),
         ("flow-noise", "clean"): ("<=", 1.25),
         ("W-penalty", "E-penalty"): ("<=", 1.3),
-        ("pot", "network"): (">=", 3.0),
+        ("pot", "network"): (">=", 2.0),
     }
 
 
