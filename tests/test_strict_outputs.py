@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from wbench.certification import certified_radius
 from wbench.cli import main
@@ -19,8 +18,7 @@ from wbench.dataset_certification import (
     parse_indices,
     write_summary,
 )
-from wbench.models import build_model
-from wbench.runio import CsvAppender, atomic_torch_save, atomic_write_json
+from wbench.runio import CsvAppender, atomic_write_json
 
 CERTIFY = ["--n0", "8", "--n", "32", "--batch", "40", "--device", "cpu", "--no-progress"]
 
@@ -30,24 +28,6 @@ def strict_load(path):
         raise AssertionError(f"{path} holds the non-JSON token {token}")
 
     return json.loads(path.read_text(), parse_constant=refuse)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "width": 4}
-    model = build_model("digits_cnn", **kwargs)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    atomic_torch_save(
-        {
-            "model_name": "digits_cnn",
-            "model_kwargs": kwargs,
-            "state_dict": model.state_dict(),
-            "config": {"dataset": "digits", "noise": "wasserstein", "sigma": 0.02},
-        },
-        path,
-    )
-    return str(path)
 
 
 # item 15 ----------------------------------------------------------------------------------
