@@ -47,9 +47,9 @@ def test_json_writes_are_strict_and_name_the_key(tmp_path, value):
         (["--radii=0,nan"], "radii"),
         (["--radii=0,inf"], "radii"),
         (["--radii=,"], "radii"),
-        (["--max", "0"], "--max"),
+        (["--max", "0"], "--max-images must be >= 1"),
         (["--indices", "5:2"], "selects no images"),
-        (["--indices", "0:10", "--skip", "20", "--max", "0"], "--max"),
+        (["--indices", "0:10", "--skip", "20", "--max-images", "0"], "--max-images must be >= 1"),
         (["--indices", ","], "selects no images"),
     ],
 )
@@ -69,7 +69,7 @@ def test_reproduce_refuses_them_too(tmp_path, capsys, extra):
 def test_parse_indices_refuses_empty_selections():
     with pytest.raises(ValueError, match="selects no images"):
         parse_indices("5:2", 10)
-    with pytest.raises(ValueError, match="--max must be >= 1"):
+    with pytest.raises(ValueError, match="--max-images must be >= 1"):
         parse_indices(None, 10, max_count=0)
     assert parse_indices("2:9:3", 10, max_count=2) == [2, 5]
 
