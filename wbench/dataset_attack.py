@@ -7,7 +7,8 @@ Layout of an output folder::
     examples.pt                clean and adversarial tensors of the first images (for the grid)
     summary.json               empirical robust accuracy per budget, W1 statistics, throughput, versions
     robust_accuracy.png        empirical robust accuracy vs W1 radius (with the certified curve of
-                               ``--certify-dir`` on the same axes: the structure of Levine & Feizi's Figure 7)
+                               ``--certify-dir`` on the same axes: the structure of Levine & Feizi's Figure 7;
+                               a logarithmic radius axis when the budgets span a factor of 10 or more)
     examples.png               clean and adversarial images with their exact W1
 
 Rerunning with the same settings skips the (image, budget) pairs already in ``attack.csv``; other
@@ -60,6 +61,8 @@ CSV_FILE, SUMMARY_FILE, PLOT_FILE, GRID_FILE, EXAMPLES_FILE = (
     "examples.pt",
 )
 GRID_IMAGES = 8
+#: Budgets spanning this factor or more are plotted on a logarithmic radius axis.
+LOG_AXIS_SPAN = 10.0
 
 
 @dataclass(frozen=True)
@@ -350,11 +353,17 @@ def write_summary(out, settings, indices, eps_list, dataset, certified, source) 
     plot_robust_accuracy(
         curves, out / PLOT_FILE, certified=(cert["grid"], cert["certified_accuracy"]) if cert else None,
         mean_mass=mean_mass, title=title, xlabel=f"W1 radius ({settings.ground} ground, normalised mass)",
+        log_x=log_axis(eps_sorted),
     )  # fmt: skip
     examples = _load_examples(out)
     if examples:
         plot_attack_examples(examples, out / GRID_FILE, max_images=GRID_IMAGES)
     return summary
+
+
+def log_axis(eps_sorted: Sequence[float]) -> bool:
+    """Whether budgets (ascending) span :data:`LOG_AXIS_SPAN` or more: plot them on a log axis."""
+    return eps_sorted[-1] >= LOG_AXIS_SPAN * eps_sorted[0]
 
 
 def _certified_curve(rows, eps_sorted) -> dict[str, Any]:
@@ -363,6 +372,8 @@ def _certified_curve(rows, eps_sorted) -> dict[str, Any]:
 
     pred, correct, radius = row_arrays(rows)
     grid = fine_radius_grid(radius, np.asarray(eps_sorted))
+    if log_axis(eps_sorted):  # the linear grid's first step would hide the small radii
+        grid = np.union1d(grid, np.geomspace(eps_sorted[0] / 2, grid[-1], grid.size))
     acc = certified_accuracy(radius, correct, pred, grid)
     at_eps = certified_accuracy(radius, correct, pred, np.asarray(eps_sorted))
     return {

@@ -94,6 +94,7 @@ def plot_robust_accuracy(
     mean_mass: float | None = None,
     title: str = "",
     xlabel: str = "W1 radius (normalised mass)",
+    log_x: bool = False,
 ) -> None:
     """Empirical robust accuracy vs attack budget, with a certified curve on the same axes.
 
@@ -103,7 +104,7 @@ def plot_robust_accuracy(
     panel = RobustnessPanel(
         title, {"certified accuracy (lower bound)": certified} if certified is not None else {}, curves
     )
-    plot_robustness_panels([panel], path, mean_mass=mean_mass, xlabel=xlabel)
+    plot_robustness_panels([panel], path, mean_mass=mean_mass, xlabel=xlabel, log_x=log_x)
 
 
 class RobustnessPanel(NamedTuple):
