@@ -68,8 +68,13 @@ ATTACK_DEFAULTS: dict[str, dict[str, int | None]] = {
 EPS_POINTS, EPS_REACH = 7, 20.0
 #: An attack's W1 may exceed its budget by this relative amount (:data:`wbench.attacks.core.W1_RTOL`).
 W1_RTOL = 1e-6
-#: Marker per attack method in ``robustness.png``.
-MARKERS = {"flow": "o", "frank_wolfe": "s", "sinkhorn": "^"}
+#: Marker and line per attack method in ``robustness.png`` (hollow markers stay visible where
+#: methods agree).
+METHOD_STYLES = {
+    "flow": {"marker": "o", "linestyle": "--"},
+    "frank_wolfe": {"marker": "s", "linestyle": ":", "markerfacecolor": "none", "markersize": 9},
+    "sinkhorn": {"marker": "^", "linestyle": "-.", "markerfacecolor": "none", "markersize": 9},
+}
 TABLE_TITLE = "Empirical robust accuracy (attacks on the smoothed classifiers)"
 
 
@@ -322,9 +327,9 @@ def plot_robustness(
 ) -> None:
     """``robustness.png``: a panel per sigma, certified curves (solid) and each attack (dashed, markers).
 
-    Colours tell the noises apart, markers the methods; the radius axis is logarithmic (the budgets
-    span the certified radii and 20 times beyond), with pixel-mass units on top (``mass``: the mean
-    image mass). The certified curves are of the attacked images only.
+    Colours tell the noises apart, markers and dash patterns the methods; the radius axis is
+    logarithmic (the budgets span the certified radii and 20 times beyond), with pixel-mass units
+    on top (``mass``: the mean image mass). The certified curves are of the attacked images only.
     """
     from wbench.plots import RobustnessPanel, plot_robustness_panels
     from wbench.reproduce import NOISE_LABEL
@@ -348,7 +353,7 @@ def plot_robustness(
                     [p["eps"] for p in rec["per_eps"]],
                     [p["robust_accuracy"] for p in rec["per_eps"]],
                 )
-                styles[label] = {"color": colour[run["noise"]], "marker": MARKERS[method]}
+                styles[label] = {"color": colour[run["noise"]], **METHOD_STYLES[method]}
         panels.append(RobustnessPanel(f"sigma = {sigma:g}", certified, empirical))
     plot_robustness_panels(
         panels, path, styles=styles, mean_mass=mass, log_x=True,
