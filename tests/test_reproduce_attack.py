@@ -221,3 +221,21 @@ def test_other_attack_settings_in_the_same_folder_are_refused(tiny_run, capsys):
     changed = [*TINY[: TINY.index("--attack-steps")], "--attack-steps", "5", "--attack-noise-samples", "8"]
     assert main(["reproduce", "--out", str(tiny_run), *changed]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_two_processes_attack_like_one(tiny_run, tmp_path):
+    """Under torchrun the ranks share each attack's batches; the rows equal the single process's."""
+    from tests.test_distributed import ATTACK_COLUMNS, torchrun
+
+    ckpt = tiny_run / "train" / "wasserstein_sigma0.02" / "checkpoint.pt"
+    two = tmp_path / "two"
+    done = torchrun(["reproduce", "--out", two, *TINY, "--checkpoint", f"wasserstein:0.02={ckpt}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    for method in ("flow", "frank_wolfe"):
+        rows = [read_csv_rows(attack_dir(d, method) / "attack.csv") for d in (tiny_run, two)]
+        one_rows, two_rows = (sorted(tuple(r[k] for k in ATTACK_COLUMNS) for r in rs) for rs in rows)
+        assert len(two_rows) == 6 * len(EPS) and two_rows == one_rows
+        assert not (attack_dir(two, method) / "shards").exists()
+    a, b = (strict_load(d / "reproduce.json")["runs"][0] for d in (tiny_run, two))
+    assert a["attack_upper_bound"] == b["attack_upper_bound"]
+    assert done.stdout.count(TABLE_TITLE) == 1  # rank 0 alone reports
