@@ -135,14 +135,21 @@ def test_separable_window_sums_equal_the_full_window(dtype, ground, p, ks):
     lse = fast.lse(v, psi)
     torch.testing.assert_close(lse, full.lse(v, psi), rtol=rtol, atol=atol)
     assert bool((lse[0, 0] == -math.inf).all())
-    for got, ref in zip(fast.moments(v, psi), full.moments(v, psi), strict=True):
-        torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)
+    got, ref = fast.moments(v, psi), full.moments(v, psi)
+    torch.testing.assert_close(got[0], ref[0], rtol=rtol, atol=atol)
+    # the mean cost and mean squared cost of each window's plan: terms below tiny times the
+    # window's largest may be kept at that floor by the separable passes (the sums are unchanged)
+    lit = torch.isfinite(ref[0])
+    c_max = float(cost.max())
+    for m in (1, 2):
+        mean_got, mean_ref = torch.exp(got[m] - got[0])[lit], torch.exp(ref[m] - ref[0])[lit]
+        torch.testing.assert_close(mean_got, mean_ref, rtol=rtol, atol=atol * c_max**m)
     # the plan: rows X softmax(log K + v) with finite v (the iteration's -beta is finite)
     v_fin = torch.where(torch.isfinite(v), v, torch.zeros_like(v))
     x = torch.rand(v.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype)
     x[x < 0.3] = 0
-    z, cost_fast = fast.plan(torch.log(x), v_fin, psi)
-    z_ref, cost_full = full.plan(torch.log(x), v_fin, psi)
+    z, cost_fast = fast.plan(x, v_fin, psi)
+    z_ref, cost_full = full.plan(x, v_fin, psi)
     torch.testing.assert_close(z, z_ref, rtol=rtol, atol=atol)
     torch.testing.assert_close(cost_fast, cost_full, rtol=rtol, atol=atol)
     torch.testing.assert_close(z.sum(dim=(2, 3)), x.sum(dim=(2, 3)), rtol=10 * torch.finfo(dtype).eps, atol=0)
@@ -222,7 +229,12 @@ def test_projected_sinkhorn_equals_the_released_order_of_updates(ground, p):
     x, y, eps = _projection_problem(torch.float64)
     cost = cost_kernel(5, ground, p, dtype=torch.float64, device="cpu")
     z, pc = projected_sinkhorn(x, y, cost, eps, 1000.0, max_iter=60)
-    z_ref, pc_ref = reference_projected_sinkhorn(x, y, cost, eps, 1000.0, max_iter=60)
+    # each example stops at its own convergence: the reference's batch stop, one example at a time
+    ref = [
+        reference_projected_sinkhorn(x[i : i + 1], y[i : i + 1], cost, eps[i : i + 1], 1000.0, 60)
+        for i in range(3)
+    ]
+    z_ref, pc_ref = torch.cat([r[0] for r in ref]), torch.cat([r[1] for r in ref])
     torch.testing.assert_close(z, z_ref, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(pc, pc_ref, rtol=1e-8, atol=1e-10)
 

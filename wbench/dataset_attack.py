@@ -188,7 +188,7 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
     examples = _load_examples(out, examples_path)
     grid_indices = set(indices[:GRID_IMAGES])
     bs = settings.batch_size
-    per_batch = planned_steps(settings.method, settings.steps, **settings.method_options)
+    steps_per_batch = planned_steps(settings.method, settings.steps, **settings.method_options)
     with CsvAppender(shards.path, CSV_FIELDS) as appender:
         for eps in eps_list:
             mine, left = shards.split([(i, eps) for i in indices], chunk=bs)
@@ -198,10 +198,10 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
             )
             batches = range(0, len(todo), bs)
             bar = tqdm(
-                total=len(batches) * per_batch, desc=desc, unit="iter",
+                total=len(batches) * steps_per_batch, desc=desc, unit="iter",
                 disable=not (progress and dist.is_main()),
             )  # fmt: skip
-            advance = _BatchIterations(bar, per_batch)
+            advance = _BatchIterations(bar, steps_per_batch)
             for start in batches:
                 chunk = todo[start : start + bs]
 

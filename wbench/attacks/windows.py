@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 _SEPARABLE_RTOL = 1e-12
+_EMPTY = -1e37  # stands for -inf inside the separable passes (float32's max is 3.4e38)
 
 
 def window_columns(v: torch.Tensor, kernel_size: int, fill: float) -> torch.Tensor:
@@ -54,23 +55,70 @@ def _safe_max(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
-def _window_1d(v: torch.Tensor, dim: int, kernel_size: int, fill: float) -> torch.Tensor:
-    """A view ``out[..., i, k] = v[..., i + k - r, ...]`` along ``dim`` (-1 or -2), ``fill`` outside."""
-    r = kernel_size // 2
-    pad = (r, r) if dim == -1 else (0, 0, r, r)
-    return F.pad(v, pad, value=fill).unfold(dim, kernel_size, 1)
+def _span(length: int, d: int) -> tuple[int, int]:
+    """The positions ``p`` with ``0 <= p + d < length``: ``(start, count)``."""
+    return max(0, -d), length - abs(d)
 
 
-def _fold_1d(a: torch.Tensor, dim: int, kernel_size: int) -> torch.Tensor:
-    """The adjoint of :func:`_window_1d`: ``out[..., j] = sum_k a[..., j - k + r, k]`` along ``dim``."""
-    r = kernel_size // 2
-    shape = list(a.shape[:-1])
-    size = shape[dim]
-    shape[dim] = size + 2 * r
-    out = a.new_zeros(shape)
-    for k in range(kernel_size):
-        out.narrow(dim, k, size).add_(a[..., k])
-    return out.narrow(dim, r, size)
+class _Pass:
+    """A 1-D window log-sum-exp along ``dim``: ``log sum_j exp(logw_j + v[p + d_j])``, ``d_j = j - r``.
+
+    ``v`` must be finite (``-inf`` entries are clamped to :data:`_EMPTY` beforehand). The window
+    maximum ``m`` is subtracted and every exponent is held at or above ``log(tiny) + 1``: terms
+    that far below the maximum change the sum (which is at least 1) by less than ``k * tiny``
+    relative, and no ``exp`` ever underflows (an underflowing ``exp`` is many times slower on
+    CPUs). Offsets that leave the image are sliced off, never padded.
+    Keeps ``m``, the sum ``s`` and the terms ``e_j = exp(... - m)`` (each on its span).
+    """
+
+    def __init__(self, v: torch.Tensor, dim: int, logw: list[torch.Tensor]):
+        k = len(logw)
+        r = k // 2
+        floor = math.log(torch.finfo(v.dtype).tiny) + 1.0
+        length = v.shape[dim]
+        self.dim, self.length, self.r = dim, length, r
+        terms = []
+        for j in range(k):
+            lo, n = _span(length, j - r)
+            terms.append(v.narrow(dim, lo + j - r, n) + logw[j])
+        m = terms[r].clone()
+        for j, t in enumerate(terms):
+            if j != r:
+                lo, n = _span(length, j - r)
+                part = m.narrow(dim, lo, n)
+                torch.maximum(part, t, out=part)
+        s = torch.zeros_like(m)
+        for j, t in enumerate(terms):
+            lo, n = _span(length, j - r)
+            t.sub_(m.narrow(dim, lo, n)).clamp_(min=floor).exp_()
+            s.narrow(dim, lo, n).add_(t)
+        self.m, self.s, self.e = m, s, terms
+
+    def spans(self):
+        """``(j, start, count, e_j)`` for every offset."""
+        for j, e in enumerate(self.e):
+            lo, n = _span(self.length, j - self.r)
+            yield j, lo, n, e
+
+    def weighted(self, w: list[float]) -> torch.Tensor:
+        """``sum_j w_j e_j`` per position."""
+        out = torch.zeros_like(self.s)
+        for j, lo, n, e in self.spans():
+            if w[j] != 0:
+                out.narrow(self.dim, lo, n).add_(e, alpha=w[j])
+        return out
+
+    def lse(self) -> torch.Tensor:
+        return self.m + torch.log(self.s)
+
+
+def _spread(mass_j, dim: int, length: int, r: int, shape) -> torch.Tensor:
+    """``out[p + d_j] += mass_j[p]``: each row's mass moved by its offset (the adjoint of a pass)."""
+    out = mass_j[r].new_zeros(shape)
+    for j, q in enumerate(mass_j):
+        lo, n = _span(length, j - r)
+        out.narrow(dim, lo + j - r, n).add_(q)
+    return out
 
 
 class WindowKernel:
@@ -99,7 +147,7 @@ class WindowKernel:
             raise ValueError("the cost is not additively separable: C(di, dj) != C(di, 0) + C(0, dj)")
         self.separable = splits if separable is None else separable
         self.cost = cost
-        self.a, self.b = a.to(cost), b.to(cost)
+        self.a_list, self.b_list = a.tolist(), b.tolist()
 
     # -- general: the k*k window of every pixel -------------------------------------------------
 
@@ -109,24 +157,17 @@ class WindowKernel:
 
     # -- separable: a pass along each row (offsets dj), then along each column (offsets di) ------
 
-    def _row_terms(self, v: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-        return _window_1d(v, -1, self.k, -math.inf) + (-psi.view(-1, 1, 1, 1, 1) * self.b)
+    def _row_pass(self, v: torch.Tensor, psi: torch.Tensor) -> _Pass:
+        v = v.clamp(min=_EMPTY)
+        return _Pass(v, -1, [-psi.view(-1, 1, 1, 1) * b for b in self.b_list])
 
-    def _column_terms(self, t: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-        return _window_1d(t, -2, self.k, -math.inf) + (-psi.view(-1, 1, 1, 1, 1) * self.a - 1.0)
+    def _column_pass(self, t: torch.Tensor, psi: torch.Tensor) -> _Pass:
+        return _Pass(t, -2, [-psi.view(-1, 1, 1, 1) * a - 1.0 for a in self.a_list])
 
-    def _row_pass(self, v: torch.Tensor, psi: torch.Tensor, moments: int):
-        """Row log-sum-exp ``T`` and the normalised row weights ``e / s`` with their ``b``-moments."""
-        t = self._row_terms(v, psi)
-        m = _safe_max(t, -1)
-        e = torch.exp(t - m)
-        s = e.sum(-1)  # >= 1 where the window holds a finite term (its maximum contributes exp(0))
-        lse = m.squeeze(-1) + torch.log(s)
-        s1 = s.clamp(min=1.0)
-        rho = [(e * self.b).sum(-1) / s1]
-        if moments > 1:
-            rho.append((e * (self.b * self.b)).sum(-1) / s1)
-        return lse, e, s1, rho
+    @staticmethod
+    def _empty_to_inf(lse: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """``-inf`` where the window held no finite term (its maximum is near :data:`_EMPTY`)."""
+        return torch.where(m < _EMPTY / 2, -math.inf, lse)
 
     # -- the operations of the projected Sinkhorn iteration --------------------------------------
 
@@ -134,8 +175,8 @@ class WindowKernel:
         """``log sum_d K_psi(d) exp(v[x + d])`` per pixel of ``v`` (N, C, H, W); ``psi`` is (N,)."""
         if not self.separable:
             return torch.logsumexp(self._terms(v, psi), dim=2).view_as(v)
-        t = torch.logsumexp(self._row_terms(v, psi), dim=-1)
-        return torch.logsumexp(self._column_terms(t, psi), dim=-1)
+        col = self._column_pass(self._row_pass(v, psi).lse(), psi)
+        return self._empty_to_inf(col.lse(), col.m)
 
     def moments(self, v: torch.Tensor, psi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``log sum_d K_psi(d) C(d)**m exp(v[x + d])`` for ``m = 0, 1, 2`` (``-inf`` where the sum is 0)."""
@@ -146,36 +187,44 @@ class WindowKernel:
             c = self.cost[None, None, :, None]
             sums = (e.sum(2), (e * c).sum(2), (e * (c * c)).sum(2))
             return tuple((m.squeeze(2) + torch.log(s)).view_as(v) for s in sums)  # type: ignore[return-value]
-        t, _, _, (rho1, rho2) = self._row_pass(v, psi, 2)
-        tc = self._column_terms(t, psi)
-        m = _safe_max(tc, -1)
-        e = torch.exp(tc - m)
-        a = self.a
-        r1 = _window_1d(rho1, -2, self.k, 0.0)
-        r2 = _window_1d(rho2, -2, self.k, 0.0)
-        sums = (e.sum(-1), (e * (a + r1)).sum(-1), (e * (a * a + 2 * a * r1 + r2)).sum(-1))
-        m = m.squeeze(-1)
-        return m + torch.log(sums[0]), m + torch.log(sums[1]), m + torch.log(sums[2])
+        row = self._row_pass(v, psi)
+        rho1 = row.weighted(self.b_list) / row.s  # the b-weighted means of each row window
+        rho2 = row.weighted([b * b for b in self.b_list]) / row.s
+        col = self._column_pass(row.lse(), psi)
+        u1, u2 = col.weighted(self.a_list), col.weighted([a * a for a in self.a_list])
+        for j, lo, n, e in col.spans():  # C = a + b and C**2 = a**2 + 2 a b + b**2
+            src = lo + j - self.r
+            r1, r2 = rho1.narrow(-2, src, n), rho2.narrow(-2, src, n)
+            u1.narrow(-2, lo, n).addcmul_(e, r1)
+            u2.narrow(-2, lo, n).addcmul_(e, r1, value=2 * self.a_list[j]).addcmul_(e, r2)
+        return tuple(  # type: ignore[return-value]
+            self._empty_to_inf(col.m + torch.log(u), col.m) for u in (col.s, u1, u2)
+        )
 
-    def plan(
-        self, log_x: torch.Tensor, v: torch.Tensor, psi: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The plan ``P[x, d] = X_x softmax_d(log K_psi(d) + v[x + d])`` (rows sum to ``X = exp(log_x)``).
+    def plan(self, x: torch.Tensor, v: torch.Tensor, psi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plan ``P[x, d] = X_x softmax_d(log K_psi(d) + v[x + d])`` (rows sum to ``X``).
 
         Returns its column marginal ``z[y] = sum_d P[y - d, d]`` (N, C, H, W) and its cost
         ``<P, C>`` (N,). Each row is normalised as a whole, so ``z`` carries ``X``'s mass per
         channel up to rounding, however large ``v`` is.
         """
         if not self.separable:
-            rows = torch.exp(log_x.flatten(2).unsqueeze(2) + torch.log_softmax(self._terms(v, psi), dim=2))
-            z = fold_columns(rows, tuple(log_x.shape), self.k)
+            rows = x.flatten(2).unsqueeze(2) * torch.softmax(self._terms(v, psi), dim=2)
+            z = fold_columns(rows, tuple(x.shape), self.k)
             return z, (rows * self.cost[None, None, :, None]).flatten(1).sum(1)
         # P[x, (di, dj)] = A[x, di] * R[x + (di, 0), dj]: a column step, then a row step
-        t, e, s, (rho1,) = self._row_pass(v, psi, 1)
-        rows = e / s[..., None]  # R: each sums to 1 over dj (or is 0 for an empty window)
-        tc = self._column_terms(t, psi)
-        col = torch.exp(log_x[..., None] + torch.log_softmax(tc, dim=-1))  # A: sums to X over di
-        mid = _fold_1d(col, -2, self.k)  # mass at each intermediate pixel x + (di, 0)
-        z = _fold_1d(mid[..., None] * rows, -1, self.k)
-        plan_cost = (col * self.a).flatten(1).sum(1) + (mid * rho1).flatten(1).sum(1)
+        row = self._row_pass(v, psi)
+        col = self._column_pass(row.lse(), psi)
+        share = x / col.s  # A_i = x e_i / sum_i e_i: each row of the plan carries x
+        shape, h, w = tuple(x.shape), x.shape[-2], x.shape[-1]
+        parts, spent = [], 0.0
+        for j, lo, n, e in col.spans():
+            a_j = e * share.narrow(-2, lo, n)
+            parts.append(a_j)
+            spent = spent + self.a_list[j] * a_j.flatten(1).sum(1)
+        mid = _spread(parts, -2, h, self.r, shape)  # mass at each intermediate pixel x + (di, 0)
+        per = mid / row.s
+        moved = [e * per.narrow(-1, lo, n) for _, lo, n, e in row.spans()]
+        z = _spread(moved, -1, w, self.r, shape)
+        plan_cost = spent + (row.weighted(self.b_list) * per).flatten(1).sum(1)
         return z, plan_cost
