@@ -24,7 +24,8 @@ Differences from the released code, all for numerical soundness:
   [0, 1], which changes the mass. Nothing is clipped here;
 - the objective used for the stopping test is the dual of the paper (the released code passes its
   arguments in the wrong order); the Newton line search on ``psi`` halves each example's step
-  separately.
+  separately, and each example stops at its own convergence (the released code iterates the whole
+  batch until all have converged), so a projection does not depend on its batch.
 
 The cost of moving mass by the offset ``d = (di, dj)`` is Wong et al.'s ``||d||_2 ** p`` (their
 ``wasserstein_cost``), raised where needed to the ground distance: ``C(d) = max(||d||_2 ** p,
