@@ -179,6 +179,7 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
     from tqdm.auto import tqdm
 
     from wbench.attacks import attack
+    from wbench.attacks.core import planned_steps
 
     smoothing = _smoothing(settings, model, num_classes, device)
     smooth_opts = (
@@ -190,6 +191,7 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
     examples = _load_examples(out, examples_path)
     grid_indices = set(indices[:GRID_IMAGES])
     bs = settings.batch_size
+    steps_per_batch = planned_steps(settings.method, settings.steps, **settings.method_options)
     with CsvAppender(shards.path, CSV_FIELDS) as appender:
         for eps in eps_list:
             mine, left = shards.split([(i, eps) for i in indices], chunk=bs)
@@ -197,18 +199,25 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
             desc = f"{settings.method} eps={eps:g}" + (
                 f" (rank 0 of {dist.world_size()}, {left} images in all)" if dist.active() else ""
             )
-            bar = tqdm(range(0, len(todo), bs), desc=desc, disable=not (progress and dist.is_main()))
-            for start in bar:
+            batches = range(0, len(todo), bs)
+            bar = tqdm(
+                total=len(batches) * steps_per_batch, desc=desc, unit="iter",
+                disable=not (progress and dist.is_main()),
+            )  # fmt: skip
+            advance = _BatchIterations(bar, steps_per_batch)
+            for start in batches:
                 chunk = todo[start : start + bs]
+
                 x = torch.stack([torch.as_tensor(dataset[i][0]) for i in chunk]).to(device)
                 y = torch.tensor([int(dataset[i][1]) for i in chunk], dtype=torch.int64, device=device)
                 t0 = time.perf_counter()
                 per_batch = {"indices": chunk} if smoothing is not None else {}
                 res = attack(
                     model, x, y, eps, settings.method, ground=settings.ground, smoothing=smoothing,
-                    steps=settings.steps, seed=settings.seed, **smooth_opts, **per_batch,
+                    steps=settings.steps, seed=settings.seed, progress=advance, **smooth_opts, **per_batch,
                     **settings.method_options,
                 )  # fmt: skip
+                advance.finish_batch()
                 per = (time.perf_counter() - t0) / len(chunk)
                 for k, i in enumerate(chunk):
                     appender.append(
@@ -228,6 +237,22 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
     dist.barrier()  # every rank has saved its examples
     dist.on_main(_merge_example_shards, out)
     shards.merge()
+
+
+class _BatchIterations:
+    """Progress callback of :func:`wbench.attack`: moves the bar by each attack iteration of a batch."""
+
+    def __init__(self, bar, per_batch: int):
+        self.bar, self.per_batch, self.shown = bar, per_batch, 0
+
+    def __call__(self, iterations: int) -> None:
+        self.shown += iterations
+        self.bar.update(iterations)
+
+    def finish_batch(self) -> None:
+        """Count the iterations a batch skipped (all its images fooled early) and start the next."""
+        self.bar.update(self.per_batch - self.shown)
+        self.shown = 0
 
 
 def _examples_path(out: Path) -> Path:
