@@ -191,7 +191,7 @@ class ReproduceConfig:
             raise ValueError(f"sigmas must be positive finite numbers, got {sigmas}")
         radii = None if self.radii is None else tuple(float(r) for r in check_radius_grid(self.radii))
         if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"--max must be >= 1, got {self.max_images}")
+            raise ValueError(f"--max-images must be >= 1, got {self.max_images}")
         ground = resolve_ground(self.ground, self.convention).value
         out = ReproduceConfig(
             **{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground, "radii": radii}
@@ -344,7 +344,7 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
     every = parse_indices(None, len(test_set), skip=config.skip)
     if config.max_images is not None and not 1 <= config.max_images <= len(every):
         raise ValueError(
-            f"--max {config.max_images} is outside the {len(every)} test images of {config.dataset!r}"
+            f"--max-images {config.max_images} is outside the {len(every)} test images of {config.dataset!r}"
             + (f" at --skip {config.skip}" if config.skip != 1 else "")
             + f"; give 1 to {len(every)}"
         )
