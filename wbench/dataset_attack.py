@@ -30,6 +30,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,15 +41,17 @@ import torch
 from torch import nn
 
 from wbench import distributed as dist
-from wbench.dataset_certification import _as_jsonable, _check_or_write_run, _launch_record
+from wbench.attacks.core import W1_RTOL
+from wbench.dataset_certification import _as_jsonable, _check_or_write_run, _launch_record, _result
 from wbench.options import AttackMethod, Ground, Noise, parse_option
 from wbench.runio import (
     CsvAppender,
+    RunWarning,
     atomic_torch_save,
     atomic_write_text,
     environment_record,
     load_checkpoint,
-    read_csv_rows,
+    read_csv_records,
 )
 from wbench.sharding import SHARD_DIR, ImageShards
 
@@ -162,7 +165,8 @@ def attack_dataset(
     with dist.output_lock(out_dir):
         out = Path(out_dir)
         record = _as_jsonable({"settings": settings.identity(), "source": source or {}})
-        dist.on_main(_check_or_write_run, out, record)
+        dist.on_main(_check_or_write_run, out, record, CSV_FILE)
+        dist.on_main(read_attack_rows, out / CSV_FILE)  # a hand-edited row stops the run before any attack
         certified = (
             dist.on_main(_certified_rows, certify_dir, settings, source, indices) if certify_dir else None
         )
@@ -173,6 +177,73 @@ def attack_dataset(
 def pair_key(row: dict[str, str]) -> tuple[int, float]:
     """The key of an ``attack.csv`` row: (data-set index, budget)."""
     return int(row["index"]), float(row["eps"])
+
+
+_FIELD_TYPES = {"index": int, "eps": float, "label": int, "prediction": int, "success": int, "abstain": int,
+                "w1": float, "shrunk": int, "seconds": float}  # fmt: skip
+
+
+def _bad_field(row: dict[str, str]) -> str | None:
+    """The first field of an ``attack.csv`` row that :func:`wbench.attack` cannot have written, or ``None``.
+
+    A success is a prediction off the label, not an abstention, at exact W1 within the budget
+    (:data:`wbench.attacks.core.W1_RTOL`), and every such row is a success.
+    """
+    v: dict[str, int | float] = {}
+    for name, kind in _FIELD_TYPES.items():
+        try:
+            v[name] = kind(row[name])
+        except (KeyError, ValueError):
+            return name
+    checks = {
+        "index": v["index"] >= 0, "eps": math.isfinite(v["eps"]) and v["eps"] > 0, "label": v["label"] >= 0,
+        "prediction": v["prediction"] >= -1, "success": v["success"] in (0, 1),
+        "abstain": v["abstain"] == int(v["prediction"] == -1), "w1": math.isfinite(v["w1"]) and v["w1"] >= 0,
+        "shrunk": v["shrunk"] in (0, 1), "seconds": math.isfinite(v["seconds"]) and v["seconds"] >= 0,
+    }  # fmt: skip
+    bad = next((k for k, ok in checks.items() if not ok), None)
+    flip = v["prediction"] not in (v["label"], -1) and v["w1"] <= v["eps"] * (1 + W1_RTOL)
+    return bad or (None if v["success"] == int(flip) else "success")
+
+
+def read_attack_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of an ``attack.csv``, one per (index, budget).
+
+    A row repeated for one pair (equal but for ``seconds``) is counted once, with a
+    :class:`~wbench.runio.RunWarning` that says so.
+
+    Raises
+    ------
+    ValueError
+        For a row :func:`wbench.attack` cannot have written (a non-finite or negative budget or
+        W1, a success outside the exact W1 ball or with the label predicted, ...), or two rows
+        of one pair that disagree; both name the file and line.
+    """
+    path = Path(path)
+    first: dict[tuple[int, float], tuple[int, dict[str, str]]] = {}
+    duplicates = []
+    for line, row in read_csv_records(path):
+        bad = _bad_field(row)
+        if bad is not None:
+            raise ValueError(
+                f"{path} line {line} is garbled ({bad} = {row.get(bad)!r}): "
+                "delete that line and rerun to redo that image and budget"
+            )
+        key = pair_key(row)
+        if key not in first:
+            first[key] = (line, row)
+            continue
+        line0, row0 = first[key]
+        if _result(row) != _result(row0):
+            raise ValueError(
+                f"{path} lines {line0} and {line} give different results for image index {key[0]} at eps "
+                f"{key[1]!r}, so the folder mixes two runs; delete the wrong line or use another --out folder"
+            )
+        duplicates.append(f"line {line}")
+    if duplicates:
+        warnings.warn(f"{path}: ignored {len(duplicates)} duplicate row(s): {', '.join(duplicates[:5])}",
+                      RunWarning, stacklevel=2)  # fmt: skip
+    return [row for _, row in first.values()]
 
 
 def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, device, progress) -> None:
@@ -345,7 +416,7 @@ def summarize(rows: Sequence[dict[str, str]], eps_list: Sequence[float]) -> list
 def write_summary(out, settings, indices, eps_list, dataset, certified, source) -> dict[str, Any]:
     """Write ``summary.json`` (strict JSON, atomic), the robustness plot and the image grid."""
     wanted = {int(i) for i in indices}
-    rows = [r for r in read_csv_rows(out / CSV_FILE) if int(r["index"]) in wanted]
+    rows = [r for r in read_attack_rows(out / CSV_FILE) if int(r["index"]) in wanted]
     eps_sorted = sorted(set(eps_list))
     per_eps = summarize(rows, eps_sorted)
     masses = [float(torch.as_tensor(dataset[i][0]).sum()) for i in sorted(wanted)]

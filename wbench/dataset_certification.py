@@ -177,8 +177,9 @@ def parse_indices(spec: str | None, size: int, *, max_count: int | None = None, 
     return idx
 
 
-def _check_or_write_run(out_dir: Path, record: dict[str, Any]) -> None:
-    path, csv_path = out_dir / RUN_FILE, out_dir / CSV_FILE
+def _check_or_write_run(out_dir: Path, record: dict[str, Any], csv_name: str = CSV_FILE) -> None:
+    """Record ``record`` in ``out_dir/run.json``, or check it against the one there (rows: ``csv_name``)."""
+    path, csv_path = out_dir / RUN_FILE, out_dir / csv_name
     has_rows = csv_path.is_file() and csv_path.stat().st_size > 0
     afresh = f"move {csv_path} away or use another --out folder to start afresh"
     if not path.is_file():

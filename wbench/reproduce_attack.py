@@ -45,9 +45,8 @@ import torch
 
 from wbench import distributed as dist
 from wbench.certification import ABSTAIN, certified_accuracy
-from wbench.dataset_attack import CSV_FILE, AttackSettings, attack_dataset
+from wbench.dataset_attack import CSV_FILE, AttackSettings, attack_dataset, read_attack_rows
 from wbench.dataset_certification import read_certify_rows, row_arrays
-from wbench.runio import read_csv_rows
 
 #: Per data set, what is not given: attacked images (the first ones certified), noise draws per
 #: gradient of the smoothed loss and iterations (``None``: each method's preset, flow 100,
@@ -139,7 +138,7 @@ def _summarise(attacks, certify_dir, indices, eps_list) -> dict[str, Any]:
     cert_rows = read_certify_rows(certify_dir, indices)
     wanted = {int(i) for i in indices}
     rows = {
-        m: [r for r in read_csv_rows(Path(folder) / CSV_FILE) if int(r["index"]) in wanted]
+        m: [r for r in read_attack_rows(Path(folder) / CSV_FILE) if int(r["index"]) in wanted]
         for m, (folder, _summary) in attacks.items()
     }
     return {
