@@ -94,3 +94,12 @@ def test_settings_record_damaged_with_rows_present_is_refused(checkpoint, done, 
     assert main(["attack", checkpoint, "--out", str(out), *ARGS, "--seed", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.json" in err[0]
+
+
+def test_reproduce_attack_given_twice_takes_both_lists(tmp_path, capsys):
+    """``--attack bogus --attack flow`` must not drop the first list (argparse keeps the last by default)."""
+    argv = ["reproduce", "--out", str(tmp_path), "--attack", "bogus", "--attack", "flow"]
+    argv += ["--attack-steps", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'bogus'" in err[0]

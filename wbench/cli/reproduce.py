@@ -77,8 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/attack/<noise>_sigma<S>/<method>/ are resumable like `wbench attack`.",
     )
     a.add_argument(
-        "--attack", default=None, metavar="METHOD[,METHOD]",
-        help="flow | frank_wolfe | sinkhorn, comma-separated (default: no attack)",
+        "--attack", action="append", default=[], metavar="METHOD[,METHOD]",
+        help="flow | frank_wolfe | sinkhorn, comma-separated or repeated (default: no attack)",
     )  # fmt: skip
     a.add_argument(
         "--attack-eps", default=None, metavar="EPS[,EPS]",
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         ground=args.ground, convention=args.convention, seed=args.seed, device=args.device,
         batch_size=args.batch, data_root=args.data_root, radii=args.radii, checkpoints=checkpoints,
         paper_counts=args.paper_counts,
-        attack=tuple(m.strip() for m in (args.attack or "").split(",") if m.strip()),
+        attack=tuple(m.strip() for m in ",".join(args.attack).split(",") if m.strip()),
         attack_eps=_eps_list(args.attack_eps),
         attack_images=_number(args.attack_images, "--attack-images", int),
         attack_noise_samples=_number(args.attack_noise_samples, "--attack-noise-samples", int),
