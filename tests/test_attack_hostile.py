@@ -103,3 +103,18 @@ def test_reproduce_attack_given_twice_takes_both_lists(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'bogus'" in err[0]
+
+
+def test_a_wrong_prediction_outside_the_w1_ball_leaves_the_image_robust():
+    """An attack point beyond the budget (exact W1 > eps) proves nothing: the image counts as robust."""
+    from wbench.dataset_attack import summarize
+
+    def row(index, prediction, w1):
+        success = int(prediction not in (3, -1) and w1 <= 0.1)
+        return {"index": str(index), "eps": "0.1", "label": "3", "prediction": str(prediction),
+                "success": str(success), "abstain": str(int(prediction == -1)), "w1": repr(w1),
+                "shrunk": "1", "seconds": "0.5"}  # fmt: skip
+
+    rows = [row(0, 5, 0.2), row(1, -1, 0.2), row(2, 5, 0.1), row(3, 3, 0.05)]
+    (stats,) = summarize(rows, [0.1])
+    assert stats["robust_accuracy"] == 0.75 and stats["successes"] == 1 and stats["abstentions"] == 0
