@@ -118,3 +118,14 @@ def test_a_wrong_prediction_outside_the_w1_ball_leaves_the_image_robust():
     rows = [row(0, 5, 0.2), row(1, -1, 0.2), row(2, 5, 0.1), row(3, 3, 0.05)]
     (stats,) = summarize(rows, [0.1])
     assert stats["robust_accuracy"] == 0.75 and stats["successes"] == 1 and stats["abstentions"] == 0
+
+
+def test_unknown_preset_is_refused_before_the_folder_records_it(checkpoint, tmp_path, capsys):
+    """A typo in --preset must not record its settings in run.json and so lock the folder against the fix."""
+    sinkhorn = ["--method", "sinkhorn", "--eps", "0.01", "--max", "2", "--steps", "2", "--device", "cpu",
+                "--no-progress"]  # fmt: skip
+    assert main(["attack", checkpoint, "--out", str(tmp_path), *sinkhorn, "--preset", "bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'bogus'" in err[0]
+    assert not (tmp_path / "run.json").exists()
+    assert main(["attack", checkpoint, "--out", str(tmp_path), *sinkhorn, "--preset", "mnist"]) == 0

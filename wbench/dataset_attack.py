@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from wbench import distributed as dist
-from wbench.attacks.core import W1_RTOL
+from wbench.attacks.core import W1_RTOL, planned_steps
 from wbench.dataset_certification import _as_jsonable, _check_or_write_run, _launch_record, _result
 from wbench.options import AttackMethod, Ground, Noise, parse_option
 from wbench.runio import (
@@ -101,6 +101,7 @@ class AttackSettings:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if not 0 < self.predict_alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.predict_alpha!r}")
+        planned_steps(self.method, None, **self.method_options)  # an unknown preset, before run.json has it
 
     def identity(self) -> dict[str, Any]:
         """The settings that must match for a run to be resumed."""
@@ -250,7 +251,6 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
     from tqdm.auto import tqdm
 
     from wbench.attacks import attack
-    from wbench.attacks.core import planned_steps
 
     smoothing = _smoothing(settings, model, num_classes, device)
     smooth_opts = (
