@@ -75,6 +75,15 @@ def test_bad_images_and_labels_raise(net, batch):
         attack(net, x, torch.tensor([1, -2, 3]), 0.1, steps=1)
 
 
+@pytest.mark.parametrize("method", list(AttackMethod))
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_a_label_beyond_the_classifiers_classes_raises(net, batch, method, smoothed):
+    x, _ = batch
+    smooth = WassersteinSmoothing(net, 10, 0.05, device="cpu", seed=0) if smoothed else None
+    with pytest.raises(ValueError, match="labels must be below the classifier's 10 classes; got 10"):
+        attack(net, x, torch.tensor([1, 10, 3]), 0.1, method, smoothing=smooth, steps=1)
+
+
 def test_smoothing_must_wrap_the_attacked_model(net, batch):
     x, y = batch
     other = build_model("digits_cnn", num_classes=10, width=4)

@@ -252,6 +252,9 @@ def attack(
     was_training = model.training
     model.eval()
     try:
+        classes, top = objective.num_classes(x), int(labels.max())
+        if top >= classes:
+            raise ValueError(f"labels must be below the classifier's {classes} classes; got {top}")
         plan = None
         if method is AttackMethod.FLOW:
             adv, plan = flow.run(objective, x, labels, eps, ground, steps, progress=progress, **options)

@@ -41,6 +41,11 @@ class Objective:
         scores = self.model(x)
         return F.cross_entropy(scores, labels, reduction="none"), scores.detach().argmax(1) != labels
 
+    def num_classes(self, x: torch.Tensor) -> int:
+        """The classes the classifier scores (the network's output width on the first image of ``x``)."""
+        with torch.no_grad():
+            return int(self.model(x[:1]).shape[1])
+
     def decide(self, x: torch.Tensor) -> np.ndarray:
         """The classifier's final prediction per image (int64; ``-1`` = abstain)."""
         with torch.no_grad():
@@ -98,6 +103,9 @@ class SmoothedObjective(Objective):
         log_p = F.log_softmax(self.model(noisy), dim=1).view(x.shape[0], k, -1)
         log_mean = torch.logsumexp(log_p, dim=1) - math.log(k)  # log of the mean softmax, stably
         return -log_mean.gather(1, labels[:, None]).squeeze(1), None  # only PREDICT decides, at the end
+
+    def num_classes(self, x: torch.Tensor) -> int:
+        return int(self.smoothing.num_classes)
 
     def decide(self, x: torch.Tensor) -> np.ndarray:
         return np.array(
