@@ -9,37 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from wbench.cli import main
-from wbench.models import build_model
-from wbench.runio import atomic_torch_save, read_csv_rows
+from wbench.runio import read_csv_rows
 from wbench.training import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 
 ARGS = ["--steps", "3", "--device", "cpu", "--no-progress", "--batch", "4"]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "width": 4}
-    model = build_model("digits_cnn", **kwargs)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    atomic_torch_save(
-        {
-            "model_name": "digits_cnn",
-            "model_kwargs": kwargs,
-            "state_dict": model.state_dict(),
-            "config": {"dataset": "digits", "noise": "wasserstein", "sigma": 0.02},
-            "seed": 0,
-            "environment": {},
-        },
-        path,
-    )
-    return str(path)
 
 
 def run_attack(checkpoint, out, *extra):

@@ -5,33 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from wbench.cli import main
-from wbench.models import build_model
-from wbench.runio import atomic_torch_save, read_csv_rows
+from wbench.runio import read_csv_rows
 
 ARGS = ["--n0", "20", "--n", "200", "--batch", "64", "--device", "cpu", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "width": 4}
-    model = build_model("digits_cnn", **kwargs)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    atomic_torch_save(
-        {
-            "model_name": "digits_cnn",
-            "model_kwargs": kwargs,
-            "state_dict": model.state_dict(),
-            "config": {"dataset": "digits", "noise": "wasserstein", "sigma": 0.02},
-            "seed": 0,
-            "environment": {},
-        },
-        path,
-    )
-    return str(path)
 
 
 def certify(checkpoint, out, *extra):

@@ -23,7 +23,7 @@ import torch
 from wbench import distributed
 from wbench.cli import build_parser, main
 from wbench.models import build_model, load_model
-from wbench.runio import atomic_torch_save, locked_output, read_csv_rows
+from wbench.runio import locked_output, read_csv_rows
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 300  # a hang fails the test instead of stalling CI
@@ -63,26 +63,6 @@ def torchrun(args, nproc=2) -> subprocess.CompletedProcess:
 
 def results(rows):
     return [tuple(r[k] for k in RESULT_COLUMNS) for r in rows]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "width": 4}
-    model = build_model("digits_cnn", **kwargs)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    atomic_torch_save(
-        {
-            "model_name": "digits_cnn",
-            "model_kwargs": kwargs,
-            "state_dict": model.state_dict(),
-            "config": {"dataset": "digits", "noise": "wasserstein", "sigma": 0.02},
-            "seed": 0,
-            "environment": {},
-        },
-        path,
-    )
-    return str(path)
 
 
 def test_plain_process_has_no_process_group(monkeypatch):

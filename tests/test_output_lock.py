@@ -11,11 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from wbench.cli import main
-from wbench.models import build_model
-from wbench.runio import LOCK_FILE, atomic_torch_save, locked_output
+from wbench.runio import LOCK_FILE, locked_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,24 +70,6 @@ def test_the_lock_is_reentrant_within_a_process_and_released_on_exit(tmp_path):
     code = f"from wbench.runio import locked_output\nwith locked_output({str(tmp_path / 'a')!r}): pass"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "width": 4}
-    model = build_model("digits_cnn", **kwargs)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    atomic_torch_save(
-        {
-            "model_name": "digits_cnn",
-            "model_kwargs": kwargs,
-            "state_dict": model.state_dict(),
-            "config": {"dataset": "digits", "noise": "wasserstein", "sigma": 0.02},
-        },
-        path,
-    )
-    return str(path)
 
 
 @pytest.mark.parametrize(

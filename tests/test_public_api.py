@@ -41,7 +41,7 @@ def test_helpers_stay_in_their_modules():
 
 
 def test_import_wbench_leaves_the_heavy_libraries_unloaded():
-    heavy = ("cvxpy", "ot", "torchvision", "sklearn", "matplotlib")
+    heavy = ("cvxpy", "ot", "torchvision", "sklearn", "matplotlib", "scipy.stats")
     code = f"import sys, wbench; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}

@@ -11,7 +11,6 @@ import torch
 
 from wbench.cli import main
 from wbench.dataset_certification import CertifySettings, read_certify_rows, write_summary
-from wbench.models import build_model
 from wbench.runio import (
     atomic_torch_save,
     atomic_write_bytes,
@@ -23,24 +22,6 @@ from wbench.runio import (
 CERTIFY = ["--n0", "8", "--n", "32", "--batch", "40", "--device", "cpu", "--no-progress"]
 TRAIN = ["train", "--preset", "digits_quick", "--epochs", "1", "--limit-train", "64", "--limit-test", "32",
          "--device", "cpu", "--no-progress"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "width": 4}
-    model = build_model("digits_cnn", **kwargs)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    atomic_torch_save(
-        {
-            "model_name": "digits_cnn",
-            "model_kwargs": kwargs,
-            "state_dict": model.state_dict(),
-            "config": {"dataset": "digits", "noise": "wasserstein", "sigma": 0.02},
-        },
-        path,
-    )
-    return str(path)
 
 
 @pytest.fixture(scope="module")

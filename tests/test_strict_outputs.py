@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from wbench.certification import certified_radius
 from wbench.cli import main
@@ -19,8 +18,7 @@ from wbench.dataset_certification import (
     parse_indices,
     write_summary,
 )
-from wbench.models import build_model
-from wbench.runio import CsvAppender, atomic_torch_save, atomic_write_json
+from wbench.runio import CsvAppender, atomic_write_json
 
 CERTIFY = ["--n0", "8", "--n", "32", "--batch", "40", "--device", "cpu", "--no-progress"]
 
@@ -30,24 +28,6 @@ def strict_load(path):
         raise AssertionError(f"{path} holds the non-JSON token {token}")
 
     return json.loads(path.read_text(), parse_constant=refuse)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "width": 4}
-    model = build_model("digits_cnn", **kwargs)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    atomic_torch_save(
-        {
-            "model_name": "digits_cnn",
-            "model_kwargs": kwargs,
-            "state_dict": model.state_dict(),
-            "config": {"dataset": "digits", "noise": "wasserstein", "sigma": 0.02},
-        },
-        path,
-    )
-    return str(path)
 
 
 # item 15 ----------------------------------------------------------------------------------
@@ -67,9 +47,9 @@ def test_json_writes_are_strict_and_name_the_key(tmp_path, value):
         (["--radii=0,nan"], "radii"),
         (["--radii=0,inf"], "radii"),
         (["--radii=,"], "radii"),
-        (["--max", "0"], "--max"),
+        (["--max", "0"], "--max-images must be >= 1"),
         (["--indices", "5:2"], "selects no images"),
-        (["--indices", "0:10", "--skip", "20", "--max", "0"], "--max"),
+        (["--indices", "0:10", "--skip", "20", "--max-images", "0"], "--max-images must be >= 1"),
         (["--indices", ","], "selects no images"),
     ],
 )
@@ -89,7 +69,7 @@ def test_reproduce_refuses_them_too(tmp_path, capsys, extra):
 def test_parse_indices_refuses_empty_selections():
     with pytest.raises(ValueError, match="selects no images"):
         parse_indices("5:2", 10)
-    with pytest.raises(ValueError, match="--max must be >= 1"):
+    with pytest.raises(ValueError, match="--max-images must be >= 1"):
         parse_indices(None, 10, max_count=0)
     assert parse_indices("2:9:3", 10, max_count=2) == [2, 5]
 

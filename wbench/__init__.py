@@ -8,8 +8,8 @@ helpers stay in their modules: :class:`wbench.training.TrainConfig` and
 :func:`wbench.penalties.gradient_penalty_loss`, :func:`wbench.gradnorm.wasserstein_laplacian`, and
 the rest.
 
-cvxpy, POT, torchvision and scikit-learn load inside the functions that need them:
-``import wbench`` loads torch and scipy.stats, and nothing heavier.
+cvxpy, POT, scipy.stats, torchvision and scikit-learn load inside the functions that need
+them: ``import wbench`` loads torch (and scipy.sparse), and nothing heavier.
 
 References
 ----------

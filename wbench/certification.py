@@ -38,7 +38,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
 from wbench._validation import check_positive, check_real_dtype, is_real_number, plain
 from wbench.options import Convention, Ground, Noise, parse_option
@@ -187,6 +186,8 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     if not (0 <= n_a <= n):
         raise ValueError(f"count n_a={plain(n_a)} must lie in [0, n={plain(n)}]")
     check_alpha(alpha)
+    from scipy.stats import binomtest  # scipy.stats takes about a second to import: only when used
+
     return float(
         binomtest(int(n_a), int(n)).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
     )

@@ -172,7 +172,7 @@ def parse_indices(spec: str | None, size: int, *, max_count: int | None = None, 
     idx = idx[::skip]
     if max_count is not None:
         if max_count < 1:
-            raise ValueError(f"--max must be >= 1, got {max_count}")
+            raise ValueError(f"--max-images must be >= 1, got {max_count}")
         idx = idx[:max_count]
     return idx
 

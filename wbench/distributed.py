@@ -45,6 +45,14 @@ class RanksLostError(RuntimeError):
     """A collective failed: another rank stopped (crashed, killed) or the timeout passed."""
 
 
+class SharedError(ValueError):
+    """A ``ValueError`` raised on every rank at the same collective (:func:`raise_if_any`, :func:`agree`).
+
+    Every rank reaches the same point with it, so the ranks can meet once more
+    (:func:`meet_after_shared_error`) before any exits.
+    """
+
+
 @contextlib.contextmanager
 def _collective() -> Iterator[None]:
     try:
@@ -196,6 +204,19 @@ def barrier() -> None:
             dist.barrier()
 
 
+def meet_after_shared_error() -> None:
+    """Wait until every rank has reported a :class:`SharedError`; call it after printing one.
+
+    torchrun stops the remaining ranks as soon as one exits with an error, so without this
+    meeting a rank may be killed before its message is written. A rank already gone only ends
+    the wait early.
+    """
+    try:
+        barrier()
+    except RanksLostError:
+        pass  # the others have exited: nothing is left to wait for
+
+
 def all_sum(values: list[float]) -> list[float]:
     """Element-wise sum over ranks of a short list of numbers (float64, on the CPU)."""
     if not active():
@@ -214,7 +235,7 @@ def raise_if_any(error: str | None) -> None:
     errors = all_gather(error)
     for r, message in enumerate(errors):
         if message is not None:
-            raise ValueError(message if len(errors) == 1 else f"rank {r}: {message}")
+            raise SharedError(message if len(errors) == 1 else f"rank {r}: {message}")
 
 
 def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -250,7 +271,9 @@ def agree(what: str, value: dict[str, Any]) -> None:
         if other != values[0]:
             keys = sorted(k for k in set(values[0]) | set(other) if values[0].get(k) != other.get(k))
             detail = "; ".join(f"{k}: rank 0 {values[0].get(k)!r} vs rank {r} {other.get(k)!r}" for k in keys)
-            raise ValueError(f"the ranks were launched with different {what} ({detail}); relaunch them alike")
+            raise SharedError(
+                f"the ranks were launched with different {what} ({detail}); relaunch them alike"
+            )
 
 
 def _canonical(value: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 from torch import nn
 
 from wbench._validation import check_positive
@@ -133,6 +132,8 @@ class Smooth:
         counts = self.sample_counts(x, n, index=index, batch_size=batch_size, progress=progress)
         top2 = np.argsort(counts, kind="stable")[::-1][:2]
         n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
+        from scipy.stats import binomtest  # about a second to import: only when used
+
         if n_a + n_b == 0 or binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(top2[0])

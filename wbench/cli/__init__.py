@@ -58,7 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if distributed.launched() and not getattr(args, "distributed", False):
                 raise ValueError("this command runs in one process; start it without torchrun")
             with distributed.process_group():
-                return int(args.func(args) or 0)
+                try:
+                    return int(args.func(args) or 0)
+                except distributed.SharedError as exc:  # raised on every rank: all print, then exit
+                    print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+                    distributed.meet_after_shared_error()
+                    return 2
         except (ValueError, OSError) as exc:  # OSError: a disk that fills up, a file vanishing mid-run
             print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
