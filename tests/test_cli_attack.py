@@ -66,6 +66,15 @@ def test_resume_skips_done_pairs_and_adds_budgets(checkpoint, tmp_path):
         assert float(r["w1"]) == pytest.approx(wa[(r["index"], r["eps"])], rel=1e-5, abs=1e-9)
 
 
+def test_progress_bar_counts_attack_iterations(checkpoint, tmp_path, capsys):
+    """Two batches of 3 iterations: the bar moves per iteration and reaches 6 even if a batch stops early."""
+    args = ["attack", checkpoint, "--out", str(tmp_path), "--method", "flow", "--eps", "1e-4,0.5"]
+    assert main([*args, "--steps", "3", "--device", "cpu", "--batch", "2", "--max", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "flow eps=0.0001" in err and "flow eps=0.5" in err
+    assert err.count("6/6 [") == 2 and "iter/s" in err
+
+
 def test_other_settings_in_the_same_folder_are_refused(checkpoint, tmp_path, capsys):
     assert run_attack(checkpoint, tmp_path, "--method", "flow", "--eps", "0.1", "--max", "2") == 0
     capsys.readouterr()

@@ -129,9 +129,9 @@ def test_bad_input_is_one_line_and_exit_2(reproduced, tmp_path, capsys):
     # the same entry point in-process (wbench.cli.main) for the other cases
     cases = [
         (["reproduce", "--dataset", "mnist5k", "--max", "1001", "--out", str(tmp_path / "d")],
-         r"--max 1001 is outside the 1000 test images of 'mnist5k'"),
+         r"--max-images 1001 is outside the 1000 test images of 'mnist5k'"),
         (["reproduce", "--dataset", "mnist5k", "--max", "0", "--out", str(tmp_path / "e")],
-         r"--max must be >= 1, got 0"),
+         r"--max-images must be >= 1, got 0"),
         (["reproduce", "--dataset", "mnist5k", "--paper-counts", "--n", "500", "--out", str(tmp_path / "f")],
          r"paper_counts.*not both"),
         (["certify", ckpt, "--split", "validation", "--out", str(tmp_path / "g")],

@@ -7,7 +7,8 @@ Layout of an output folder::
     examples.pt                clean and adversarial tensors of the first images (for the grid)
     summary.json               empirical robust accuracy per budget, W1 statistics, throughput, versions
     robust_accuracy.png        empirical robust accuracy vs W1 radius (with the certified curve of
-                               ``--certify-dir`` on the same axes: the structure of Levine & Feizi's Figure 7)
+                               ``--certify-dir`` on the same axes: the structure of Levine & Feizi's Figure 7;
+                               a logarithmic radius axis when the budgets span a factor of 10 or more)
     examples.png               clean and adversarial images with their exact W1
 
 Rerunning with the same settings skips the (image, budget) pairs already in ``attack.csv``; other
@@ -60,6 +61,8 @@ CSV_FILE, SUMMARY_FILE, PLOT_FILE, GRID_FILE, EXAMPLES_FILE = (
     "examples.pt",
 )
 GRID_IMAGES = 8
+#: Budgets spanning this factor or more are plotted on a logarithmic radius axis.
+LOG_AXIS_SPAN = 10.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
     from tqdm.auto import tqdm
 
     from wbench.attacks import attack
+    from wbench.attacks.core import planned_steps
 
     smoothing = _smoothing(settings, model, num_classes, device)
     smooth_opts = (
@@ -187,6 +191,7 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
     examples = _load_examples(out, examples_path)
     grid_indices = set(indices[:GRID_IMAGES])
     bs = settings.batch_size
+    steps_per_batch = planned_steps(settings.method, settings.steps, **settings.method_options)
     with CsvAppender(shards.path, CSV_FIELDS) as appender:
         for eps in eps_list:
             mine, left = shards.split([(i, eps) for i in indices], chunk=bs)
@@ -194,18 +199,25 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
             desc = f"{settings.method} eps={eps:g}" + (
                 f" (rank 0 of {dist.world_size()}, {left} images in all)" if dist.active() else ""
             )
-            bar = tqdm(range(0, len(todo), bs), desc=desc, disable=not (progress and dist.is_main()))
-            for start in bar:
+            batches = range(0, len(todo), bs)
+            bar = tqdm(
+                total=len(batches) * steps_per_batch, desc=desc, unit="iter",
+                disable=not (progress and dist.is_main()),
+            )  # fmt: skip
+            advance = _BatchIterations(bar, steps_per_batch)
+            for start in batches:
                 chunk = todo[start : start + bs]
+
                 x = torch.stack([torch.as_tensor(dataset[i][0]) for i in chunk]).to(device)
                 y = torch.tensor([int(dataset[i][1]) for i in chunk], dtype=torch.int64, device=device)
                 t0 = time.perf_counter()
                 per_batch = {"indices": chunk} if smoothing is not None else {}
                 res = attack(
                     model, x, y, eps, settings.method, ground=settings.ground, smoothing=smoothing,
-                    steps=settings.steps, seed=settings.seed, **smooth_opts, **per_batch,
+                    steps=settings.steps, seed=settings.seed, progress=advance, **smooth_opts, **per_batch,
                     **settings.method_options,
                 )  # fmt: skip
+                advance.finish_batch()
                 per = (time.perf_counter() - t0) / len(chunk)
                 for k, i in enumerate(chunk):
                     appender.append(
@@ -225,6 +237,22 @@ def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, 
     dist.barrier()  # every rank has saved its examples
     dist.on_main(_merge_example_shards, out)
     shards.merge()
+
+
+class _BatchIterations:
+    """Progress callback of :func:`wbench.attack`: moves the bar by each attack iteration of a batch."""
+
+    def __init__(self, bar, per_batch: int):
+        self.bar, self.per_batch, self.shown = bar, per_batch, 0
+
+    def __call__(self, iterations: int) -> None:
+        self.shown += iterations
+        self.bar.update(iterations)
+
+    def finish_batch(self) -> None:
+        """Count the iterations a batch skipped (all its images fooled early) and start the next."""
+        self.bar.update(self.per_batch - self.shown)
+        self.shown = 0
 
 
 def _examples_path(out: Path) -> Path:
@@ -350,11 +378,17 @@ def write_summary(out, settings, indices, eps_list, dataset, certified, source) 
     plot_robust_accuracy(
         curves, out / PLOT_FILE, certified=(cert["grid"], cert["certified_accuracy"]) if cert else None,
         mean_mass=mean_mass, title=title, xlabel=f"W1 radius ({settings.ground} ground, normalised mass)",
+        log_x=log_axis(eps_sorted),
     )  # fmt: skip
     examples = _load_examples(out)
     if examples:
         plot_attack_examples(examples, out / GRID_FILE, max_images=GRID_IMAGES)
     return summary
+
+
+def log_axis(eps_sorted: Sequence[float]) -> bool:
+    """Whether budgets (ascending) span :data:`LOG_AXIS_SPAN` or more: plot them on a log axis."""
+    return eps_sorted[-1] >= LOG_AXIS_SPAN * eps_sorted[0]
 
 
 def _certified_curve(rows, eps_sorted) -> dict[str, Any]:
@@ -363,6 +397,8 @@ def _certified_curve(rows, eps_sorted) -> dict[str, Any]:
 
     pred, correct, radius = row_arrays(rows)
     grid = fine_radius_grid(radius, np.asarray(eps_sorted))
+    if log_axis(eps_sorted):  # the linear grid's first step would hide the small radii
+        grid = np.union1d(grid, np.geomspace(eps_sorted[0] / 2, grid[-1], grid.size))
     acc = certified_accuracy(radius, correct, pred, grid)
     at_eps = certified_accuracy(radius, correct, pred, np.asarray(eps_sorted))
     return {

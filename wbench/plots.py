@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -94,39 +94,96 @@ def plot_robust_accuracy(
     mean_mass: float | None = None,
     title: str = "",
     xlabel: str = "W1 radius (normalised mass)",
+    log_x: bool = False,
 ) -> None:
-    """Empirical robust accuracy vs attack budget (markers), with a certified curve on the same axes.
+    """Empirical robust accuracy vs attack budget, with a certified curve on the same axes.
 
-    The structure of Levine & Feizi's Figure 7: the certificate is a lower bound and the attack an
-    upper bound on the true robust accuracy at each radius. With ``mean_mass`` a top axis gives the
-    radius in pixel-mass units (times the mean total mass of the images).
+    One panel of :func:`plot_robustness_panels`: ``curves`` maps a label to ``(budgets,
+    accuracy)`` (dashed, markers) and ``certified`` is ``(radii, certified accuracy)`` (solid step).
+    """
+    panel = RobustnessPanel(
+        title, {"certified accuracy (lower bound)": certified} if certified is not None else {}, curves
+    )
+    plot_robustness_panels([panel], path, mean_mass=mean_mass, xlabel=xlabel, log_x=log_x)
+
+
+class RobustnessPanel(NamedTuple):
+    """One panel of :func:`plot_robustness_panels`: curves as ``label -> (radii, accuracy as a fraction)``."""
+
+    title: str
+    certified: Mapping[str, tuple[Sequence[float], Sequence[float]]]
+    empirical: Mapping[str, tuple[Sequence[float], Sequence[float | None]]]
+
+
+def plot_robustness_panels(
+    panels: Sequence[RobustnessPanel],
+    path: str | os.PathLike,
+    *,
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+    mean_mass: float | None = None,
+    title: str = "",
+    xlabel: str = "W1 radius (normalised mass)",
+    log_x: bool = False,
+) -> None:
+    """Certified (solid step) and empirical (dashed, markers) accuracy against one W1 axis, a panel each.
+
+    The structure of Levine & Feizi's Figure 7 (Appendix C): at each radius the certificate is a
+    lower bound and an attack an upper bound on the true robust accuracy. An empirical point of
+    ``None`` (no images) is left out.
+
+    Parameters
+    ----------
+    panels : sequence of RobustnessPanel
+        Side by side, sharing the y axis (accuracy in %).
+    path : path-like
+        Output PNG.
+    styles : mapping, optional
+        ``label -> keyword arguments`` of ``Axes.step`` (certified) or ``Axes.plot`` (empirical),
+        added to the defaults (solid; dashed with circles).
+    mean_mass : float, optional
+        A top axis gives the radius in pixel-mass units: normalised radius times this mass.
+    log_x : bool
+        Logarithmic radius axis (radii <= 0 are left out of the curves).
     """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(6.0 * n, 4.4), dpi=120, squeeze=False, sharey=True)
     try:
-        for label, (eps, acc) in curves.items():
-            pts = [(e, a) for e, a in zip(eps, acc, strict=True) if a is not None]
-            if pts:
-                e, a = np.asarray(pts).T
-                ax.plot(e, 100 * a, marker="o", label=label)
-        if certified is not None:
-            ax.step(np.asarray(certified[0]), 100 * np.asarray(certified[1]), where="post", linestyle="--",
-                    label="certified accuracy (lower bound)")  # fmt: skip
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.set_xlim(left=0)
-        ax.grid(alpha=0.3)
-        if mean_mass is not None and mean_mass > 0:
-            top = ax.secondary_xaxis("top", functions=(lambda r: r * mean_mass, lambda p: p / mean_mass))
-            top.set_xlabel(f"pixel-mass units (x mean image mass {mean_mass:.3g})", fontsize=8)
+        for ax, panel in zip(axes[0], panels, strict=False):
+            for label, (radii, acc) in panel.certified.items():
+                r, a = np.asarray(radii, dtype=np.float64), np.asarray(acc, dtype=np.float64)
+                keep = r > 0 if log_x else np.ones(r.shape, dtype=bool)
+                style = {"linestyle": "-", **(styles or {}).get(label, {})}
+                ax.step(r[keep], 100 * a[keep], where="post", label=label, **style)
+            for label, (eps, acc) in panel.empirical.items():
+                pts = [
+                    (e, a) for e, a in zip(eps, acc, strict=True) if a is not None and (e > 0 or not log_x)
+                ]
+                if pts:
+                    e, a = np.asarray(pts, dtype=np.float64).T
+                    style = {"linestyle": "--", "marker": "o", **(styles or {}).get(label, {})}
+                    ax.plot(e, 100 * a, label=label, **style)
+            if log_x:
+                ax.set_xscale("log")
+            else:
+                ax.set_xlim(left=0)
+            ax.set_xlabel(xlabel)
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+            if mean_mass is not None and mean_mass > 0:
+                top = ax.secondary_xaxis("top", functions=(lambda r: r * mean_mass, lambda p: p / mean_mass))
+                top.set_xlabel(f"pixel-mass units (x mean image mass {mean_mass:.3g})", fontsize=8)
+            if panel.title:
+                ax.set_title(panel.title, fontsize=9, pad=28 if mean_mass else 6)
+            if panel.certified or panel.empirical:
+                ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("accuracy (%)")
         if title:
-            ax.set_title(title, fontsize=9, pad=28 if mean_mass else 6)
-        ax.legend(fontsize=7)
+            fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

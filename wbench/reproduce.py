@@ -22,6 +22,10 @@ Defaults per data set:
   alpha = 0.05 the largest certifiable radius is ``sigma/(2 sqrt 2) ln(p/(1-p))`` at
   ``p = 0.05**(1/1000)``, i.e. about 2.05 sigma (Wasserstein, L1 ground).
 
+With ``attack`` (``--attack flow,frank_wolfe``) every smoothed classifier is also attacked, the
+upper bound beside the certificate's lower bound (Levine & Feizi, Appendix C, Figure 7): see
+:mod:`wbench.reproduce_attack`.
+
 Radii come in two units. *Normalised mass*: W1 between images divided by their total mass,
 the unit of Theorem 1 (the noise acts on ``x / mass``). *Pixel mass*: W1 between the images
 themselves, pixels in [0, 1] (the unit of Wong et al.'s epsilon). A perturbation keeps the
@@ -56,7 +60,14 @@ from wbench.dataset_certification import (
     round_below,
     row_arrays,
 )
-from wbench.options import Noise, parse_option
+from wbench.options import AttackMethod, Noise, parse_option
+from wbench.reproduce_attack import (
+    ATTACK_DEFAULTS,
+    attack_run,
+    default_attack_eps,
+    format_attack_markdown,
+    plot_robustness,
+)
 from wbench.runio import atomic_write_json, atomic_write_text, environment_record
 
 #: Test images of the quick ``mnist5k`` run (the first ones of the class-interleaved split).
@@ -129,6 +140,15 @@ class ReproduceConfig:
     ``checkpoints`` maps ``"noise:sigma"`` (e.g. ``"wasserstein:0.01"``) to an existing checkpoint,
     which is certified instead of training one. ``paper_counts`` sets n0 and n to the paper's
     1000 and 10000 (not combined with explicit ``n0`` / ``n``).
+
+    ``attack`` names attack methods (``flow``, ``frank_wolfe``, ``sinkhorn``; empty: no attack) run
+    on each smoothed classifier (:mod:`wbench.reproduce_attack`) at the W1 budgets ``attack_eps``
+    (normalised mass; default :func:`wbench.reproduce_attack.default_attack_eps`) on the first
+    ``attack_images`` certified images, with ``attack_noise_samples`` noise draws per gradient
+    and ``attack_steps`` iterations (defaults per data set:
+    :data:`~wbench.reproduce_attack.ATTACK_DEFAULTS`; images at most ``max_images``), and
+    PREDICT with ``attack_n`` samples at level ``attack_alpha`` (default: the certification's
+    ``n`` and ``alpha``). The other ``attack_*`` fields need ``attack``.
     """
 
     dataset: str = "digits"
@@ -150,6 +170,13 @@ class ReproduceConfig:
     radii: tuple[float, ...] | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)
     paper_counts: bool = False
+    attack: tuple[str, ...] = ()
+    attack_eps: tuple[float, ...] | None = None
+    attack_images: int | None = None
+    attack_noise_samples: int | None = None
+    attack_n: int | None = None
+    attack_alpha: float | None = None
+    attack_steps: int | None = None
 
     def resolved(self) -> ReproduceConfig:
         """A copy with every ``None`` default filled in and options validated."""
@@ -164,7 +191,7 @@ class ReproduceConfig:
             raise ValueError(f"sigmas must be positive finite numbers, got {sigmas}")
         radii = None if self.radii is None else tuple(float(r) for r in check_radius_grid(self.radii))
         if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"--max must be >= 1, got {self.max_images}")
+            raise ValueError(f"--max-images must be >= 1, got {self.max_images}")
         ground = resolve_ground(self.ground, self.convention).value
         out = ReproduceConfig(
             **{**asdict(self), "sigmas": sigmas, "noises": noises, "ground": ground, "radii": radii}
@@ -180,7 +207,54 @@ class ReproduceConfig:
             noise, _, sigma = key.partition(":")
             if parse_option(Noise, noise, "noise").value not in noises or float(sigma) not in sigmas:
                 raise ValueError(f"checkpoint key {key!r} matches no (noise, sigma) of this run")
+        out._resolve_attack()
         return out
+
+    def _resolve_attack(self) -> None:
+        """Validate the ``attack_*`` fields and fill their defaults (in place, on the resolved copy)."""
+        self.attack = tuple(
+            dict.fromkeys(parse_option(AttackMethod, m, "attack method").value for m in self.attack)
+        )
+        given = {
+            "--attack-eps": self.attack_eps, "--attack-images": self.attack_images,
+            "--attack-noise-samples": self.attack_noise_samples, "--attack-num-samples": self.attack_n,
+            "--attack-alpha": self.attack_alpha, "--attack-steps": self.attack_steps,
+        }  # fmt: skip
+        if not self.attack:
+            extra = [flag for flag, value in given.items() if value is not None]
+            if extra:
+                verb = "needs" if len(extra) == 1 else "need"
+                raise ValueError(f"{', '.join(extra)} {verb} --attack METHOD[,METHOD]")
+            return
+        for flag, value in given.items():
+            if flag in ("--attack-eps", "--attack-alpha") or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+        if self.attack_alpha is not None and not (
+            isinstance(self.attack_alpha, float) and 0 < self.attack_alpha < 1
+        ):
+            raise ValueError(f"--attack-alpha must be a number in (0, 1), got {self.attack_alpha!r}")
+        if self.attack_eps is not None:
+            eps = tuple(float(e) for e in self.attack_eps)
+            if not eps or any(not (math.isfinite(e) and e > 0) for e in eps):
+                raise ValueError(f"--attack-eps must list positive finite W1 radii, got {self.attack_eps!r}")
+            self.attack_eps = tuple(sorted(set(eps)))
+        else:
+            caps = [max_radius(_settings(self, z, s)) for z in self.noises for s in self.sigmas]
+            self.attack_eps = default_attack_eps(caps)
+        d = ATTACK_DEFAULTS[self.dataset]
+        if self.attack_images is None:
+            self.attack_images = min(d["images"], self.max_images or d["images"])
+        elif self.max_images is not None and self.attack_images > self.max_images:
+            raise ValueError(
+                f"--attack-images {self.attack_images} exceeds the {self.max_images} certified images "
+                "(--max-images): only certified images are attacked"
+            )
+        self.attack_noise_samples = self.attack_noise_samples or d["noise_samples"]
+        self.attack_steps = self.attack_steps or d["steps"]
+        self.attack_n = self.attack_n or self.n
+        self.attack_alpha = self.attack_alpha if self.attack_alpha is not None else self.alpha
 
 
 def run_key(noise: str, sigma: float) -> str:
@@ -250,7 +324,10 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
         ``config``, ``radii`` (normalised mass) and ``radii_pixel_mass``, ``runs`` (one summary per
         (noise, sigma)), ``table`` and ``table_pixel_mass`` (Markdown), ``paper_comparison``
         (this run's settings next to the paper's), ``files`` (paths written), ``seconds`` (this
-        invocation) and ``environment``.
+        invocation) and ``environment``. With ``config.attack`` each run also holds ``attacks``
+        and ``attack_upper_bound`` (:func:`wbench.reproduce_attack.attack_run`), and the result
+        ``attack_table`` (the Markdown section) and ``attack_mean_image_mass`` (of the attacked
+        images, for the pixel-mass budgets).
 
     Raises
     ------
@@ -267,11 +344,16 @@ def reproduce(config: ReproduceConfig, *, progress: bool = True) -> dict[str, An
     every = parse_indices(None, len(test_set), skip=config.skip)
     if config.max_images is not None and not 1 <= config.max_images <= len(every):
         raise ValueError(
-            f"--max {config.max_images} is outside the {len(every)} test images of {config.dataset!r}"
+            f"--max-images {config.max_images} is outside the {len(every)} test images of {config.dataset!r}"
             + (f" at --skip {config.skip}" if config.skip != 1 else "")
             + f"; give 1 to {len(every)}"
         )
     indices = every[: config.max_images]
+    if config.attack and config.attack_images > len(indices):
+        raise ValueError(
+            f"--attack-images {config.attack_images} exceeds the {len(indices)} certified images; "
+            f"give 1 to {len(indices)}"
+        )
     dist.agree("reproduction settings", asdict(config))
     with dist.output_lock(config.out_dir):
         return _reproduce_in_locked_folder(config, test_set, indices, t_start=t_start, progress=progress)
@@ -302,6 +384,14 @@ def _reproduce_in_locked_folder(
                 model, test_set, indices, settings, run_dir, num_classes=num_classes, device=device,
                 source=source, radii=radii, progress=progress,
             )  # fmt: skip
+            attacked = (
+                attack_run(
+                    config, model, test_set, indices[: config.attack_images], noise, sigma, run_dir,
+                    source=source, num_classes=num_classes, device=device, progress=progress,
+                )
+                if config.attack
+                else {}
+            )  # fmt: skip
             metrics = ckpt.get("metrics") or []
             train_configs.append(ckpt.get("config") or {})
             runs.append(
@@ -315,6 +405,7 @@ def _reproduce_in_locked_folder(
                     "certify_dir": str(run_dir),
                     **{k: summary[k] for k in _SUMMARY_KEYS},
                     **pixel_mass_summary(run_dir, indices, masses, radii_px),
+                    **attacked,
                 }
             )
     subset = describe_subset(config, len(test_set), labels, num_classes)
@@ -326,6 +417,14 @@ def _reproduce_in_locked_folder(
     )  # fmt: skip
     files = {"table": str(out / "results.md"), "plot": str(out / "certified_accuracy.png"),
              "json": str(out / "reproduce.json")}  # fmt: skip
+    attack_section = {}
+    if config.attack:
+        files["robustness_plot"] = str(out / "robustness.png")
+        mass = float(np.mean([masses[i] for i in indices[: config.attack_images]]))
+        attack_section = {
+            "attack_mean_image_mass": mass,
+            "attack_table": format_attack_markdown(config, runs, mass),
+        }
     result = {
         "config": asdict(config),
         "radii": [float(r) for r in radii],
@@ -339,6 +438,7 @@ def _reproduce_in_locked_folder(
         "table": table,
         "table_pixel_mass": table_px,
         "paper_comparison": comparison,
+        **attack_section,
         "files": files,
         "seconds": time.perf_counter() - t_start,
         "environment": environment_record(),
@@ -350,12 +450,22 @@ def _reproduce_in_locked_folder(
 def _write_results(
     result: dict[str, Any], config: ReproduceConfig, indices: Sequence[int], masses: Mapping[int, float]
 ) -> None:
-    """``results.md``, the two-unit plot of every run and ``reproduce.json`` (rank 0 under torchrun)."""
+    """``results.md``, the two-unit plot of every run and ``reproduce.json`` (rank 0 under torchrun).
+
+    With ``config.attack``: the empirical section of ``results.md`` and ``robustness.png``
+    (:mod:`wbench.reproduce_attack`).
+    """
     files = result["files"]
     markdown = format_results_markdown(
         config, result["runs"], result["table"], result["table_pixel_mass"], result["test_subset"],
         result["paper_comparison"], masses,
     )  # fmt: skip
+    if config.attack:
+        markdown += "\n" + result["attack_table"]
+        plot_robustness(
+            config, result["runs"], files["robustness_plot"], indices[: config.attack_images],
+            result["attack_mean_image_mass"],
+        )  # fmt: skip
     atomic_write_text(files["table"], markdown)
     plot_runs(
         result["runs"],

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from wbench.attacks import flow, frank_wolfe, sinkhorn
-from wbench.attacks.objective import Objective, SmoothedObjective
+from wbench.attacks.objective import Objective, Progress, SmoothedObjective
 from wbench.flow import FlowPlan
 from wbench.noise import check_mass_images, image_mass
 from wbench.options import AttackMethod, Ground, Solver, parse_option
@@ -64,6 +64,21 @@ class AttackResult:
     abstain: np.ndarray
     shrunk: np.ndarray
     plan: FlowPlan | None = None
+
+
+def planned_steps(method: AttackMethod | str, steps: int | None = None, **method_options) -> int:
+    """The iterations :func:`attack` runs at most: ``steps``, or the method's default (its preset's)."""
+    if steps is not None:
+        return steps
+    method = parse_option(AttackMethod, method, "attack method")
+    if method is AttackMethod.FLOW:
+        return int(flow.DEFAULTS["steps"])
+    if method is AttackMethod.FRANK_WOLFE:
+        return int(frank_wolfe.DEFAULTS["steps"])
+    preset = method_options.get("preset", "mnist")
+    if preset not in sinkhorn.PRESETS:
+        raise ValueError(f"unknown sinkhorn preset {preset!r}; expected one of {sorted(sinkhorn.PRESETS)}")
+    return int(sinkhorn.PRESETS[preset]["steps"])
 
 
 def exact_w1(x: torch.Tensor, y: torch.Tensor, ground: Ground, solver: Solver) -> np.ndarray:
@@ -169,6 +184,7 @@ def attack(
     steps: int | None = None,
     seed: int | None = None,
     solver: Solver | str | None = None,
+    progress: Progress | None = None,
     **method_options,
 ) -> AttackResult:
     """Attack a classifier inside the W1 ball of radius ``eps`` around each image.
@@ -200,6 +216,9 @@ def attack(
         Seed of the gradient noise of a smoothed attack (``None``: 0); unused otherwise.
     solver : {"network", "lp", "pot"}, optional
         Exact W1 solver (default ``"network"`` for L1 ground, ``"pot"`` for L2).
+    progress : callable, optional
+        Called with 1 after every attack iteration (at most :func:`planned_steps` calls; fewer
+        when every image is fooled early).
     **method_options
         Per method: see each module's ``run``; ``sinkhorn`` takes ``preset="mnist"|"cifar"``.
 
@@ -224,6 +243,8 @@ def attack(
     if solver is not Solver.POT and ground is not Ground.L1:
         raise ValueError(f"solver {solver.value!r} computes W1 with L1 ground only; use solver='pot' for l2")
     _check_inputs(model, images, labels, eps, steps, seed)
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be callable or None, got {type(progress).__name__}")
     options = dict(method_options)
     objective = _objective(model, smoothing, images, seed, options)
     eps = float(eps)
@@ -233,11 +254,11 @@ def attack(
     try:
         plan = None
         if method is AttackMethod.FLOW:
-            adv, plan = flow.run(objective, x, labels, eps, ground, steps, **options)
+            adv, plan = flow.run(objective, x, labels, eps, ground, steps, progress=progress, **options)
         elif method is AttackMethod.SINKHORN:
-            adv = sinkhorn.run(objective, x, labels, eps, ground, steps, **options)
+            adv = sinkhorn.run(objective, x, labels, eps, ground, steps, progress=progress, **options)
         else:
-            adv = frank_wolfe.run(objective, x, labels, eps, ground, steps, **options)
+            adv = frank_wolfe.run(objective, x, labels, eps, ground, steps, progress=progress, **options)
         adv = adv.detach()
         if not bool(torch.isfinite(adv).all()) or bool((adv < 0).any()):
             raise RuntimeError(f"{method.value} attack produced a non-finite or negative image")

@@ -29,8 +29,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from wbench.attacks.objective import Objective, frozen_update
+from wbench.attacks.objective import Objective, Progress, frozen_update
 from wbench.flow import FlowPlan, apply_flow_unchecked
 from wbench.options import Ground
 
@@ -40,17 +41,41 @@ _FEASIBILITY_MARGIN = 1e-5  # out-flow is held at (1 - margin) of a pixel's mass
 
 
 def project_l1_ball(u: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each row of ``u`` (B, n) onto ``{||w||_1 <= radius_b}`` (Duchi et al.'08)."""
+    """Euclidean projection of each row of ``u`` (B, n) onto ``{||w||_1 <= radius_b}``.
+
+    The projection soft-thresholds, ``w = sign(u) max(|u| - theta, 0)``, with the ``theta >= 0`` at
+    which ``sum max(|u| - theta, 0) = radius`` (Duchi et al., 2008). ``theta`` is found by
+    Michelot's fixed point (Condat, 2016, Section 2): start from ``theta = (||u||_1 - radius) / n``
+    and repeat ``theta <- (sum_{|u_i| > theta} |u_i| - radius) / #{|u_i| > theta}``, written as
+    ``theta + (sum (|u| - theta)_+ - radius) / #{|u_i| > theta}``. ``theta`` increases and the kept
+    set shrinks at every step until it stops changing, where ``theta`` is the exact threshold of the
+    sort-based rule. Each step is O(n) (the sort is O(n log n)); on the flow attack's iterates
+    (B = 64, n = 1512) it stops after 6-8 steps, and runs several times faster than the sort.
+    """
     a = u.abs()
     inside = a.sum(1) <= radius
-    srt = a.sort(dim=1, descending=True).values
-    css = srt.cumsum(1)
-    j = torch.arange(1, u.shape[1] + 1, dtype=u.dtype, device=u.device)
-    cond = srt - (css - radius[:, None]) / j > 0
-    rho = cond.to(torch.int64).cumsum(1).argmax(1)  # last index where cond holds (cond is a prefix)
-    theta = ((css.gather(1, rho[:, None]).squeeze(1) - radius) / (rho + 1).to(u.dtype)).clamp(min=0)
-    w = u.sign() * (a - theta[:, None]).clamp(min=0)
-    return torch.where(inside[:, None], u, w)
+    theta = ((a.sum(1) - radius) / a.shape[1]).clamp(min=0)
+    kept = torch.full_like(radius, a.shape[1], dtype=torch.int64)
+    for _ in range(a.shape[1] + 1):  # the kept set loses at least one entry per step until it is stable
+        over = (a - theta[:, None]).clamp_(min=0)
+        count = torch.count_nonzero(over, dim=1)
+        if bool((count == kept).all()):
+            break
+        kept = count  # theta + (sum over the kept of (|u| - theta) - radius) / #kept, Michelot's step
+        theta = (theta + (over.sum(1) - radius) / count).clamp(min=0)
+    return torch.where(inside[:, None], u, u.sign() * over)
+
+
+def _outflow_scale(x_n: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Per pixel, ``min(1, (1 - margin) x_p / out_p)`` for its out-flow ``out_p`` under ``(v, h)``."""
+    out = (
+        F.pad(v.clamp(min=0), (0, 0, 1, 0))  # v[i-1, j] > 0 leaves (i, j)
+        + F.pad((-v).clamp(min=0), (0, 0, 0, 1))  # v[i, j] < 0 leaves (i, j)
+        + F.pad(h.clamp(min=0), (1, 0))
+        + F.pad((-h).clamp(min=0), (0, 1))
+    )
+    cap = (1 - _FEASIBILITY_MARGIN) * x_n
+    return torch.where(out > cap, cap / torch.where(out > 0, out, 1), torch.ones_like(out))
 
 
 def feasible_flow(x_n: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,16 +84,47 @@ def feasible_flow(x_n: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> tuple[
     A positive ``v[i, j]`` leaves pixel (i+1, j), a negative one leaves (i, j); likewise for ``h``.
     Pixel ``p`` gets the factor ``min(1, (1 - 1e-5) x_p / out_p)``; each flow takes its source's.
     """
-    out = torch.zeros_like(x_n)
-    out[..., 1:, :] += v.clamp(min=0)
-    out[..., :-1, :] += (-v).clamp(min=0)
-    out[..., :, 1:] += h.clamp(min=0)
-    out[..., :, :-1] += (-h).clamp(min=0)
-    cap = (1 - _FEASIBILITY_MARGIN) * x_n
-    scale = torch.where(out > cap, cap / torch.where(out > 0, out, 1), torch.ones_like(out))
-    v = torch.where(v > 0, v * scale[..., 1:, :], v * scale[..., :-1, :])
-    h = torch.where(h > 0, h * scale[..., :, 1:], h * scale[..., :, :-1])
+    scale = _outflow_scale(x_n, v, h)
+    v = v.clamp(min=0) * scale[..., 1:, :] + v.clamp(max=0) * scale[..., :-1, :]
+    h = h.clamp(min=0) * scale[..., :, 1:] + h.clamp(max=0) * scale[..., :, :-1]
     return v, h
+
+
+def _parts(flat: torch.Tensor, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The views ``(vertical, horizontal)`` of a flat plan ``(B, n)`` on ``(C, H, W)`` images."""
+    c, hgt, wid = shape
+    nv = c * (hgt - 1) * wid
+    return flat[:, :nv].view(-1, c, hgt - 1, wid), flat[:, nv:].view(-1, c, hgt, wid - 1)
+
+
+def _flow_gradient(grad: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """The gradient in the flat plan of a loss whose gradient in ``m Delta(x, delta)`` is ``grad``.
+
+    ``Delta`` is linear in the plan (Definition 3.1): ``v[i, j]`` adds ``m`` to pixel (i, j) and
+    takes it from (i+1, j), so its gradient is ``m (grad[i, j] - grad[i+1, j])``; likewise for ``h``
+    along rows. Applying this transpose directly replaces autograd through the stencil.
+    """
+    b, c, hgt, wid = grad.shape
+    out = grad.new_empty(b, c * ((hgt - 1) * wid + hgt * (wid - 1)))
+    gv, gh = _parts(out, (c, hgt, wid))
+    torch.sub(grad[..., :-1, :], grad[..., 1:, :], out=gv)
+    torch.sub(grad[..., :, :-1], grad[..., :, 1:], out=gh)
+    return out.mul_(mass)
+
+
+def _ascent_step(
+    d: torch.Tensor, g: torch.Tensor, x_n: torch.Tensor, radius: torch.Tensor, step: float
+) -> torch.Tensor:
+    """One step of ``D``'s projected ascent on the flat plans ``d`` (B, n) with gradient ``g``."""
+    g = g / g.norm(dim=1, keepdim=True).clamp(min=torch.finfo(g.dtype).tiny)
+    d = project_l1_ball(d + step * radius[:, None] * g, radius)
+    v, h = _parts(d, tuple(x_n.shape[1:]))
+    scale = _outflow_scale(x_n, v, h)
+    out = torch.empty_like(d)
+    ov, oh = _parts(out, tuple(x_n.shape[1:]))
+    torch.add(v.clamp(min=0) * scale[..., 1:, :], v.clamp(max=0) * scale[..., :-1, :], out=ov)
+    torch.add(h.clamp(min=0) * scale[..., :, 1:], h.clamp(max=0) * scale[..., :, :-1], out=oh)
+    return out
 
 
 def run(
@@ -78,11 +134,14 @@ def run(
     eps: float,
     ground: Ground,
     steps: int | None,
+    *,
+    progress: Progress | None = None,
     **options: float,
 ) -> tuple[torch.Tensor, FlowPlan]:
     """Projected gradient ascent over the flow plans of ``D`` (module docstring).
 
     ``step``: L2 length of each gradient step as a fraction of ``eps`` (before projection).
+    ``progress``, if given, is called with 1 after every iteration.
     Returns the adversarial images (mass units) and their flow plans (normalised mass), with
     ``||plan||_1 <= eps`` per image and ``adversarial = m * Delta(x / m, plan)``.
     """
@@ -94,34 +153,44 @@ def run(
         raise ValueError(f"flow option step must be a finite number > 0, got {step!r}")
     steps = int(DEFAULTS["steps"]) if steps is None else steps
     b, c, hgt, wid = x.shape
+    shape = (c, hgt, wid)
     mass = x.flatten(1).sum(1).view(-1, 1, 1, 1)
     x_n = x / mass
-    nv = c * (hgt - 1) * wid
     # a few ulps below eps: the stored image is rounded to x.dtype, which moves W1 by ~1e-7 relative
     radius = torch.full(
         (b,), eps * (1 - _ROUNDING_ULPS * torch.finfo(x.dtype).eps), dtype=x.dtype, device=x.device
     )
-    v = x.new_zeros(b, c, hgt - 1, wid)
-    h = x.new_zeros(b, c, hgt, wid - 1)
+    d = x.new_zeros(b, c * ((hgt - 1) * wid + hgt * (wid - 1)))  # the plans, flat: (vertical, horizontal)
     done = torch.zeros(b, dtype=torch.bool, device=x.device)
+    act = torch.arange(b, device=x.device)  # the examples not yet fooled
+    sub = (x, labels, mass, x_n, radius)  # their rows of the constants
     for _ in range(steps):
-        act = (~done).nonzero().squeeze(1)
         if act.numel() == 0:
             break
-        va, ha = v[act].requires_grad_(True), h[act].requires_grad_(True)
-        m = mass[act]
-        loss, fooled = objective.loss(apply_flow_unchecked(x[act], va * m, ha * m), labels[act], act)
-        gv, gh = torch.autograd.grad(loss.sum(), (va, ha))
+        whole = act.numel() == b
+        xa, la, ma, xna, ra = sub
+        da = d if whole else d[act]
+        adv = apply_flow_unchecked(xa, *_parts(da * ma.view(-1, 1), shape)).requires_grad_(True)
+        loss, fooled = objective.loss(adv, la, act)
+        (gx,) = torch.autograd.grad(loss.sum(), adv)
         with torch.no_grad():
-            move = frozen_update(done, act, fooled)  # the fooled keep their current plan
-            if not bool(move.any()):
-                continue
-            act, va, ha, gv, gh = act[move], va[move], ha[move], gv[move], gh[move]
-            g = torch.cat((gv.flatten(1), gh.flatten(1)), 1)
-            g = g / g.norm(dim=1, keepdim=True).clamp(min=torch.finfo(g.dtype).tiny)
-            d = torch.cat((va.flatten(1), ha.flatten(1)), 1) + step * radius[act, None] * g
-            d = project_l1_ball(d, radius[act])
-            v[act], h[act] = feasible_flow(x_n[act], d[:, :nv].view_as(va), d[:, nv:].view_as(ha))
+            g = _flow_gradient(gx, ma.view(-1, 1))
+            n_fooled = 0 if fooled is None else int(fooled.sum())
+            if n_fooled == 0:
+                new = _ascent_step(da, g, xna, ra, step)
+                if whole:
+                    d = new
+                else:
+                    d[act] = new
+            else:  # the fooled keep their current plan (the first that fooled the network, as Wong et al.)
+                move = frozen_update(done, act, fooled)
+                if n_fooled < act.numel():
+                    d[act[move]] = _ascent_step(da[move], g[move], xna[move], ra[move], step)
+                act = act[move]
+                sub = tuple(t[move] for t in sub)
+        if progress is not None:
+            progress(1)
     with torch.no_grad():
+        v, h = _parts(d, shape)
         adv = apply_flow_unchecked(x, v * mass, h * mass)
-    return adv, FlowPlan(v, h)
+    return adv, FlowPlan(v.contiguous(), h.contiguous())

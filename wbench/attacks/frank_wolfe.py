@@ -31,8 +31,9 @@ import math
 
 import torch
 
-from wbench.attacks.objective import Objective, frozen_update
-from wbench.attacks.sinkhorn import cost_kernel, fold_columns, window_columns
+from wbench.attacks.objective import Objective, Progress, frozen_update
+from wbench.attacks.sinkhorn import cost_kernel
+from wbench.attacks.windows import fold_columns, window_columns
 from wbench.options import Ground
 
 DEFAULTS: dict[str, float | int] = {
@@ -43,11 +44,6 @@ DEFAULTS: dict[str, float | int] = {
     "grad_tol": 1e-4,
     "int_tol": 1e-4,
 }
-
-
-def _oracle_rows(g, lam, cost, valid, log_x, gamma):
-    logits = ((g - lam.view(-1, 1, 1, 1) * cost[None, None, :, None]) / gamma).masked_fill(~valid, -math.inf)
-    return torch.exp(log_x + torch.log_softmax(logits, dim=2))
 
 
 def linear_oracle(
@@ -66,15 +62,25 @@ def linear_oracle(
 
     ``grad_tol`` is relative to ``eps`` (the authors' absolute tolerance was in pixel-mass units).
     The returned plan always satisfies the budget: if the bisection's upper bound were not feasible
-    it is doubled until it is.
+    it is doubled until it is. Only the rows of pixels with mass are formed (the others are 0: a
+    digit has about a fifth of its pixels lit); the budget test evaluates exactly the rows returned.
     """
-    log_x = torch.log(x_n).flatten(2).unsqueeze(2)
-    row_cost = (x_n.flatten(2).unsqueeze(2) * cost[None, None, :, None] * valid).flatten(1).sum(1)
+    b, c, kk, hw = g.shape
+    lit = (x_n > 0).flatten(2)  # (B, C, H*W): the rows that carry mass
+    example = lit.nonzero()[:, 0]  # the example of each lit row
+    x_lit = x_n.flatten(2)[lit][:, None]
+    logit_g = (g / gamma).masked_fill(~valid, -math.inf).transpose(2, 3)[lit]  # (rows, k*k)
+    cost_g = cost[None, :] / gamma
+
+    def rows(lam: torch.Tensor) -> torch.Tensor:  # x_i softmax_k((G_ik - lam C_k) / gamma)
+        return x_lit * torch.softmax(torch.addcmul(logit_g, lam[example][:, None], cost_g, value=-1), dim=1)
 
     def excess(lam: torch.Tensor) -> torch.Tensor:
-        rows = _oracle_rows(g, lam, cost, valid, log_x, gamma)
-        return (rows * cost[None, None, :, None]).flatten(1).sum(1) - eps
+        per_row = x_n.new_zeros(b, c, hw)
+        per_row[lit] = rows(lam) @ cost  # a deterministic sum per example, on any device
+        return per_row.flatten(1).sum(1) - eps
 
+    row_cost = (x_n.flatten(2).unsqueeze(2) * cost[None, None, :, None] * valid).flatten(1).sum(1)
     g_inf = g.abs().flatten(1).amax(1)
     lo = torch.zeros_like(eps)
     hi = (2 * g_inf + gamma * torch.log((row_cost / eps).clamp(min=1.0))).clamp(min=gamma)
@@ -89,7 +95,9 @@ def linear_oracle(
         lo, hi = torch.where(e > 0, mid, lo), torch.where(e > 0, hi, mid)
         if bool((e.abs() < grad_tol * eps).all()) or float((hi - lo).max()) < int_tol:
             break
-    return _oracle_rows(g, hi, cost, valid, log_x, gamma)
+    out = g.new_zeros(b, c, hw, kk)
+    out[lit] = rows(hi)
+    return out.transpose(2, 3)
 
 
 def run(
@@ -99,10 +107,13 @@ def run(
     eps: float,
     ground: Ground,
     steps: int | None,
+    *,
+    progress: Progress | None = None,
     **options: float,
 ) -> torch.Tensor:
     """Frank-Wolfe with the dual LMO (module docstring); options: ``kernel_size``, ``gamma``,
-    ``dual_iters``, ``grad_tol``, ``int_tol``. Returns adversarial images in mass units."""
+    ``dual_iters``, ``grad_tol``, ``int_tol``. ``progress``, if given, is called with 1 after every
+    iteration. Returns adversarial images in mass units."""
     unknown = set(options) - (set(DEFAULTS) - {"steps"})
     if unknown:
         raise ValueError(
@@ -137,14 +148,15 @@ def run(
         (g,) = torch.autograd.grad(loss.sum(), pa)
         with torch.no_grad():
             move = frozen_update(done, act, fooled)  # the fooled keep their current plan
-            if not bool(move.any()):
-                continue
-            act, pa, g = act[move], pa[move], g[move]
-            g = g / (g.abs().flatten(1).amax(1).view(-1, 1, 1, 1) + 1e-35)
-            star = linear_oracle(
-                g, x_n[act], cost, valid, budget[act], gamma=cfg["gamma"], dual_iters=cfg["dual_iters"],
-                grad_tol=cfg["grad_tol"], int_tol=cfg["int_tol"],
-            )  # fmt: skip
-            pi[act] = pa + 2.0 / (t + 2) * (star - pa)
+            if bool(move.any()):
+                act, pa, g = act[move], pa[move], g[move]
+                g = g / (g.abs().flatten(1).amax(1).view(-1, 1, 1, 1) + 1e-35)
+                star = linear_oracle(
+                    g, x_n[act], cost, valid, budget[act], gamma=cfg["gamma"], dual_iters=cfg["dual_iters"],
+                    grad_tol=cfg["grad_tol"], int_tol=cfg["int_tol"],
+                )  # fmt: skip
+                pi[act] = pa + 2.0 / (t + 2) * (star - pa)
+        if progress is not None:
+            progress(1)
     with torch.no_grad():
         return fold_columns(pi, tuple(x.shape), ks) * mass

@@ -15,11 +15,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Progress = Callable[[int], object]
+"""A progress callback: called with the number of attack iterations just completed."""
 
 
 class Objective:

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wbench import distributed
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"wbench {args.command}: warning: {_one_line(message)}", file=sys.stderr)
+        _stderr_line(f"wbench {args.command}: warning: {_one_line(message)}")
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -61,21 +61,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     return int(args.func(args) or 0)
                 except distributed.SharedError as exc:  # raised on every rank: all print, then exit
-                    print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+                    _stderr_line(f"wbench {args.command}: error: {_one_line(exc)}")
                     distributed.meet_after_shared_error()
                     return 2
         except (ValueError, OSError) as exc:  # OSError: a disk that fills up, a file vanishing mid-run
-            print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            _stderr_line(f"wbench {args.command}: error: {_one_line(exc)}")
             return 2
         except distributed.RanksLostError as exc:
-            print(f"wbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            _stderr_line(f"wbench {args.command}: error: {_one_line(exc)}")
             return 1
         except torch.distributed.DistError as exc:  # raised inside torch (DDP, rendezvous): same cause
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             rank = os.environ.get("RANK", "?")
             message = f"wbench {args.command}: error: rank {rank} lost the other ranks: {reason}"
-            print(message, file=sys.stderr)
+            _stderr_line(message)
             return 1
+
+
+def _stderr_line(text: str) -> None:
+    """Write ``text`` and its newline to stderr in one write: under torchrun the ranks share the stream."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _one_line(message: object) -> str:
