@@ -20,7 +20,8 @@ Iteration counts are below the methods' presets (flow 100, Frank-Wolfe 300, Sink
 steps of 400 projection iterations, ``p = 2``): ``FAST`` against the base network,
 ``SMOOTHED`` against the smoothed classifier, whose gradients cost ``noise_samples``
 passes each. Sinkhorn runs with ``p = 1`` (the local-transport W1 ball itself, as Levine & Feizi's
-attack scripts) and fewer projection iterations.
+attack scripts) and fewer projection iterations; on MNIST-5k its power check takes a signed-gradient
+step of 1.0 instead of Wong et al.'s 0.1, with which it stalls inside the budget (see ``BENCHES``).
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ class Bench:
         Fraction of correctly classified test images each method must flip at ``power_eps``.
     power_images : int
         How many correctly classified test images the power check attacks.
-    power_methods : tuple of str
-        The methods whose power is checked (the others are skipped, with the reason in :data:`BENCHES`).
+    power_options : dict
+        Per method, options that replace those of ``FAST`` in the power check (why: in :data:`BENCHES`).
     overshoot : tuple of (str, float)
         Method and budget factor of the planted overshoot: strong enough to flip the smoothed network.
     """
@@ -95,7 +96,7 @@ class Bench:
     power_eps: float
     power_rate: float
     power_images: int
-    power_methods: tuple[str, ...]
+    power_options: dict[str, dict[str, Any]]
     overshoot: tuple[str, float]
 
 
@@ -114,7 +115,7 @@ BENCHES = {
         power_eps=0.2,
         power_rate=0.75,
         power_images=12,
-        power_methods=METHODS,
+        power_options={},
         overshoot=("flow", 20.0),
     ),
     "mnist5k": Bench(
@@ -132,9 +133,10 @@ BENCHES = {
         power_eps=0.5,
         power_rate=0.75,
         power_images=12,
-        # sinkhorn's power is not checked here: FAST["sinkhorn"] flipped 1 of 12 at W1 0.5 (max W1 0.42)
-        # in over 5 CPU minutes (measured); its soundness is checked (one image at a time)
-        power_methods=("flow", "frank_wolfe"),
+        # sinkhorn: with Wong et al.'s signed-gradient step of 0.1 (pixel units) the iterates stall at
+        # W1 ~0.41 on these digits: 0/12 flipped at 0.5 with 40 or 100 steps, 60 or 400 projection
+        # iterations (measured). A step of 1.0 reaches the budget: 11/12 flipped (0.3: 8/12, 0.5: 9/12).
+        power_options={"sinkhorn": {"step": 1.0}},
         # flow at 50x (20 steps) stays below 0.34 of W1 without a flip on the smoothed network
         overshoot=("frank_wolfe", 20.0),
     ),
@@ -285,15 +287,13 @@ def test_no_attack_breaks_a_certificate(claims, bench, smoothed_model, test_imag
 
 @pytest.mark.parametrize("method", METHODS)
 def test_attacks_flip_most_images_of_the_undefended_network(claims, bench, clean_model, test_images, method):
-    if method not in bench.power_methods:
-        pytest.skip(f"{method}'s power on {bench.dataset} is not checked (see BENCHES)")
     x, y = test_images
     with torch.no_grad():
         correct = clean_model(x).argmax(1) == y
     xs, ys = x[correct][: bench.power_images], y[correct][: bench.power_images]
     assert len(ys) == bench.power_images, f"only {len(ys)} correctly classified {bench.dataset} test images"
     eps = bench.power_eps
-    res = attack(clean_model, xs, ys, eps, method, **FAST[method])
+    res = attack(clean_model, xs, ys, eps, method, **{**FAST[method], **bench.power_options.get(method, {})})
     audit(xs, ys, eps, res)
     rate = float(res.success.mean())
     claims.leq(
