@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from wbench.cli import main
 from wbench.runio import read_csv_rows
+from wbench.training import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 ARGS = ["--steps", "3", "--device", "cpu", "--no-progress", "--batch", "4"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -64,8 +72,11 @@ def test_progress_bar_counts_attack_iterations(checkpoint, tmp_path, capsys):
     args = ["attack", checkpoint, "--out", str(tmp_path), "--method", "flow", "--eps", "1e-4,0.5"]
     assert main([*args, "--steps", "3", "--device", "cpu", "--batch", "2", "--max", "4"]) == 0
     err = capsys.readouterr().err
-    assert "flow eps=0.0001" in err and "flow eps=0.5" in err
-    assert err.count("6/6 [") == 2 and "iter/s" in err
+    renders = [part for part in re.split(r"[\r\n]", err) if part.strip()]
+    for label in ("flow eps=0.0001", "flow eps=0.5"):
+        bar = [r for r in renders if label in r]  # every redraw of this budget's bar, in order
+        assert bar, err
+        assert "6/6 [" in bar[-1] and "iter/s" in bar[-1], bar[-1]  # its final state: all 6 iterations
 
 
 def test_other_settings_in_the_same_folder_are_refused(checkpoint, tmp_path, capsys):
@@ -123,3 +134,33 @@ def test_smoothed_attack_records_predict_decisions_and_is_reproducible(checkpoin
         assert not (int(r["success"]) and int(r["abstain"]))
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["settings"]["smoothing"] == "wasserstein" and summary["settings"]["predict_n"] == 200
+
+
+@pytest.fixture(scope="module")
+def mnist5k_checkpoint(tmp_path_factory):
+    """The levine_mnist5k network trained briefly (1 epoch on 512 images): a real 28x28 checkpoint."""
+    cfg = TrainConfig.from_preset(
+        "levine_mnist5k", noise="none", sigma=None, epochs=1, limit_train=512, limit_test=50, device="cpu",
+        out_dir=str(tmp_path_factory.mktemp("m5k")),
+    )  # fmt: skip
+    return train(cfg, progress=False)["checkpoint"]
+
+
+def test_attack_command_on_mnist5k(mnist5k_checkpoint, tmp_path):
+    """`python -m wbench attack` as a user runs it, on the checkpoint's own data set (real MNIST digits)."""
+    out, eps = tmp_path / "atk", (0.02, 0.1)
+    cmd = [sys.executable, "-m", "wbench", "attack", mnist5k_checkpoint, "--method", "flow",
+           "--eps", ",".join(map(str, eps)), "--out", str(out), "--max-images", "4", "--steps", "5",
+           "--device", "cpu", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv_rows(out / "attack.csv")
+    assert sorted((int(r["index"]), float(r["eps"])) for r in rows) == [(i, e) for i in range(4) for e in eps]
+    assert all(0 <= float(r["w1"]) <= float(r["eps"]) * (1 + 1e-6) for r in rows)
+    summary = json.loads(out.joinpath("summary.json").read_text())
+    assert summary["source"]["dataset"] == "mnist5k" and summary["images"] == 4
+    assert [p["eps"] for p in summary["per_eps"]] == list(eps)
+    assert summary["mean_image_mass"] > 50  # 28x28 MNIST digits carry ~100 pixel-mass units, 8x8 ones ~20
+    assert (out / "robust_accuracy.png").read_bytes()[:8] == PNG
+    assert (out / "examples.png").read_bytes()[:8] == PNG

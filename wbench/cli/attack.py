@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ground", default="l1", help="ground metric of W1: l1 | l2")
     p.add_argument("--steps", type=int, default=None, help="attack iterations (default: the method's preset)")
     p.add_argument("--preset", default=None, help="sinkhorn only: mnist | cifar (Wong et al.'s settings)")
-    p.add_argument("--dataset", default=None, help="digits | mnist | cifar10 (default: the checkpoint's)")
+    p.add_argument(
+        "--dataset", default=None, help="digits | mnist5k | mnist | cifar10 (default: the checkpoint's)"
+    )
     p.add_argument("--split", default="test", help="train | test (default: test)")
     p.add_argument("--data-root", default=None, help="folder holding MNIST / CIFAR-10")
     p.add_argument(
