@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from wbench.runio import atomic_write_bytes
+
+
+@contextlib.contextmanager
+def _png_figure(
+    path: str | os.PathLike, nrows: int, ncols: int, **subplots: Any
+) -> Iterator[tuple[Any, Any]]:
+    """``(figure, axes)`` of ``plt.subplots`` (Agg, 120 dpi, a 2-D array of axes); when the block ends
+    without an error the laid-out figure is written to ``path`` as a PNG, atomically. It is always closed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, dpi=120, squeeze=False, **subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_certified_accuracy(
@@ -52,13 +76,7 @@ def plot_certified_accuracy_panels(
     ``caps`` (see :func:`plot_certified_accuracy`) are drawn on the first panel only, whose radii are
     in normalised mass.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.0), dpi=120, squeeze=False)
-    try:
+    with _png_figure(path, 1, len(panels), figsize=(6.0 * len(panels), 4.0)) as (fig, axes):
         for panel, (ax, (curves, xlabel)) in enumerate(zip(axes[0], panels, strict=True)):
             panel_caps = caps if panel == 0 else None  # the sample-count cap is in normalised mass
             for label, (radii, acc) in curves.items():
@@ -78,12 +96,6 @@ def plot_certified_accuracy_panels(
                 ax.legend(fontsize=7)
         if title:
             fig.suptitle(title) if len(panels) > 1 else axes[0][0].set_title(title)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_robust_accuracy(
@@ -145,14 +157,8 @@ def plot_robustness_panels(
     log_x : bool
         Logarithmic radius axis (radii <= 0 are left out of the curves).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     n = max(len(panels), 1)
-    fig, axes = plt.subplots(1, n, figsize=(6.0 * n, 4.4), dpi=120, squeeze=False, sharey=True)
-    try:
+    with _png_figure(path, 1, n, figsize=(6.0 * n, 4.4), sharey=True) as (fig, axes):
         for ax, panel in zip(axes[0], panels, strict=False):
             for label, (radii, acc) in panel.certified.items():
                 r, a = np.asarray(radii, dtype=np.float64), np.asarray(acc, dtype=np.float64)
@@ -184,12 +190,6 @@ def plot_robustness_panels(
         axes[0][0].set_ylabel("accuracy (%)")
         if title:
             fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_attack_examples(
@@ -199,19 +199,13 @@ def plot_attack_examples(
     max_images: int = 8,
 ) -> None:
     """A grid: a column per image (its largest budget), clean on top, adversarial below with its exact W1."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     best: dict[int, tuple[float, Any, Any, float]] = {}
     for (i, eps), (clean, adv, w) in examples.items():
         if i not in best or eps > best[i][0]:
             best[i] = (eps, clean, adv, w)
     chosen = sorted(best.items())[:max_images]
     n = max(len(chosen), 1)
-    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.2), dpi=120, squeeze=False)
-    try:
+    with _png_figure(path, 2, n, figsize=(1.4 * n, 3.2)) as (_, axes):
         for col, (i, (eps, clean, adv, w)) in enumerate(chosen):
             for row, img in enumerate((clean, adv)):
                 a = np.asarray(img, dtype=np.float64)
@@ -223,9 +217,3 @@ def plot_attack_examples(
             axes[1, col].set_title(f"W1={w:.3g}\n(eps {eps:g})", fontsize=6)
         axes[0, 0].set_ylabel("clean", fontsize=7)
         axes[1, 0].set_ylabel("adversarial", fontsize=7)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
