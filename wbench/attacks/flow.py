@@ -26,11 +26,10 @@ pixel keeps ``x_p - out_p + in_p >= x_p - out_p >= 0``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from wbench.attacks.method_options import method_config
 from wbench.attacks.objective import Objective, Progress, frozen_update
 from wbench.flow import FlowPlan, apply_flow_unchecked
 from wbench.options import Ground
@@ -145,12 +144,7 @@ def run(
     Returns the adversarial images (mass units) and their flow plans (normalised mass), with
     ``||plan||_1 <= eps`` per image and ``adversarial = m * Delta(x / m, plan)``.
     """
-    unknown = set(options) - {"step"}
-    if unknown:
-        raise ValueError(f"unknown flow options {sorted(unknown)}; expected ['step']")
-    step = options.get("step", DEFAULTS["step"])
-    if not (isinstance(step, int | float) and math.isfinite(step) and step > 0):
-        raise ValueError(f"flow option step must be a finite number > 0, got {step!r}")
+    step = method_config("flow", DEFAULTS, options, positive=("step",))["step"]
     steps = int(DEFAULTS["steps"]) if steps is None else steps
     b, c, hgt, wid = x.shape
     shape = (c, hgt, wid)

@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from wbench.attacks.method_options import method_config
 from wbench.attacks.objective import Objective, Progress, frozen_update
 from wbench.attacks.sinkhorn import cost_kernel
 from wbench.attacks.windows import fold_columns, window_columns
@@ -114,19 +115,9 @@ def run(
     """Frank-Wolfe with the dual LMO (module docstring); options: ``kernel_size``, ``gamma``,
     ``dual_iters``, ``grad_tol``, ``int_tol``. ``progress``, if given, is called with 1 after every
     iteration. Returns adversarial images in mass units."""
-    unknown = set(options) - (set(DEFAULTS) - {"steps"})
-    if unknown:
-        raise ValueError(
-            f"unknown frank_wolfe options {sorted(unknown)}; expected {sorted(set(DEFAULTS) - {'steps'})}"
-        )
-    cfg = {**DEFAULTS, **options}
-    for name in ("gamma", "grad_tol", "int_tol"):
-        if not (isinstance(cfg[name], int | float) and math.isfinite(cfg[name]) and cfg[name] > 0):
-            raise ValueError(f"frank_wolfe option {name} must be a finite number > 0, got {cfg[name]!r}")
-    if not (isinstance(cfg["dual_iters"], int) and cfg["dual_iters"] >= 1):
-        raise ValueError(
-            f"frank_wolfe option dual_iters must be a positive integer, got {cfg['dual_iters']!r}"
-        )
+    cfg = method_config(
+        "frank_wolfe", DEFAULTS, options, positive=("gamma", "grad_tol", "int_tol"), counts=("dual_iters",)
+    )
     steps = int(cfg["steps"]) if steps is None else steps
     ks = cfg["kernel_size"]
     cost = cost_kernel(ks, ground, 1.0, dtype=x.dtype, device=x.device)

@@ -53,6 +53,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from wbench.attacks.method_options import method_config
 from wbench.attacks.objective import Objective, Progress, frozen_update
 from wbench.attacks.windows import WindowKernel
 from wbench.options import Ground
@@ -236,16 +237,10 @@ def run(
         raise ValueError(
             f"unknown sinkhorn preset {preset!r}; expected one of {', '.join(map(repr, PRESETS))}"
         )
-    unknown = set(options) - set(PRESETS[preset])
-    if unknown:
-        raise ValueError(f"unknown sinkhorn options {sorted(unknown)}; expected {sorted(PRESETS[preset])}")
-    cfg = {**PRESETS[preset], **options}
-    for name in ("lam", "eps0", "growth", "step"):
-        if not (isinstance(cfg[name], int | float) and math.isfinite(cfg[name]) and cfg[name] > 0):
-            raise ValueError(f"sinkhorn option {name} must be a finite number > 0, got {cfg[name]!r}")
-    for name in ("growth_every", "sinkhorn_iters"):
-        if not (isinstance(cfg[name], int) and cfg[name] >= 1):
-            raise ValueError(f"sinkhorn option {name} must be a positive integer, got {cfg[name]!r}")
+    cfg = method_config(
+        "sinkhorn", PRESETS[preset], options, positive=("lam", "eps0", "growth", "step"),
+        counts=("growth_every", "sinkhorn_iters"),
+    )  # fmt: skip
     steps = int(cfg["steps"]) if steps is None else steps
     cost = cost_kernel(int(cfg["kernel_size"]), ground, float(cfg["p"]), dtype=x.dtype, device=x.device)
     mass = x.flatten(1).sum(1).view(-1, 1, 1, 1)
