@@ -216,14 +216,22 @@ def interleaved_times(
     times_a: list[float] = []
     times_b: list[float] = []
     for _ in range(rounds):
-        t0 = clock()
-        fn_a()
-        t1 = clock()
-        fn_b()
-        t2 = clock()
-        times_a.append(t1 - t0)
-        times_b.append(t2 - t1)
+        time_a, time_b = time_pair(fn_a, fn_b, clock)
+        times_a.append(time_a)
+        times_b.append(time_b)
     return times_a, times_b
+
+
+def time_pair(
+    fn_a: Callable[[], object], fn_b: Callable[[], object], clock: Callable[[], float] = time.perf_counter
+) -> tuple[float, float]:
+    """One round of :func:`paired_times`: the time of ``fn_a`` and then of ``fn_b``, back to back."""
+    t0 = clock()
+    fn_a()
+    t1 = clock()
+    fn_b()
+    t2 = clock()
+    return t1 - t0, t2 - t1
 
 
 def median_pair_ratio(times_a: Sequence[float], times_b: Sequence[float]) -> float:

@@ -124,13 +124,9 @@ def measure(benchmark, check: RatioCheck, device: object, rounds: int, clock: Ca
     times_b: list[float] = []
 
     def one_round() -> None:
-        t0 = clock()
-        fn_a()
-        t1 = clock()
-        fn_b()
-        t2 = clock()
-        times_a.append(t1 - t0)
-        times_b.append(t2 - t1)
+        time_a, time_b = common.time_pair(fn_a, fn_b, clock)
+        times_a.append(time_a)
+        times_b.append(time_b)
 
     benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=check.warmup, iterations=1)
     if len(times_a) != check.warmup + rounds:
