@@ -30,7 +30,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,16 +41,16 @@ from torch import nn
 
 from wbench import distributed as dist
 from wbench.attacks.core import W1_RTOL, planned_steps
-from wbench.dataset_certification import _as_jsonable, _check_or_write_run, _launch_record, _result
+from wbench.dataset_certification import _as_jsonable, _check_or_write_run, _launch_record
 from wbench.options import AttackMethod, Ground, Noise, parse_option
 from wbench.runio import (
     CsvAppender,
-    RunWarning,
     atomic_torch_save,
     atomic_write_text,
     environment_record,
     load_checkpoint,
     read_csv_records,
+    unique_records,
 )
 from wbench.sharding import SHARD_DIR, ImageShards
 
@@ -221,30 +220,15 @@ def read_attack_rows(path: str | os.PathLike) -> list[dict[str, str]]:
         of one pair that disagree; both name the file and line.
     """
     path = Path(path)
-    first: dict[tuple[int, float], tuple[int, dict[str, str]]] = {}
-    duplicates = []
-    for line, row in read_csv_records(path):
+    records = read_csv_records(path)
+    for line, row in records:
         bad = _bad_field(row)
         if bad is not None:
             raise ValueError(
                 f"{path} line {line} is garbled ({bad} = {row.get(bad)!r}): "
                 "delete that line and rerun to redo that image and budget"
             )
-        key = pair_key(row)
-        if key not in first:
-            first[key] = (line, row)
-            continue
-        line0, row0 = first[key]
-        if _result(row) != _result(row0):
-            raise ValueError(
-                f"{path} lines {line0} and {line} give different results for image index {key[0]} at eps "
-                f"{key[1]!r}, so the folder mixes two runs; delete the wrong line or use another --out folder"
-            )
-        duplicates.append(f"line {line}")
-    if duplicates:
-        warnings.warn(f"{path}: ignored {len(duplicates)} duplicate row(s): {', '.join(duplicates[:5])}",
-                      RunWarning, stacklevel=2)  # fmt: skip
-    return [row for _, row in first.values()]
+    return unique_records(path, records, pair_key, lambda key: f"image index {key[0]} at eps {key[1]!r}")
 
 
 def _attack_rows(model, dataset, indices, eps_list, settings, out, num_classes, device, progress) -> None:

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,11 +37,11 @@ from wbench.certification import ABSTAIN, certified_accuracy, certified_radius, 
 from wbench.options import Convention, Noise, parse_option
 from wbench.runio import (
     CsvAppender,
-    RunWarning,
     atomic_write_json,
     environment_record,
     finite_or_none,
     read_csv_records,
+    unique_records,
 )
 from wbench.sharding import ImageShards, RunProgress
 
@@ -362,11 +361,6 @@ def _check_row(path: Path, line: int, row: dict[str, str]) -> None:
             ) from None
 
 
-def _result(row: dict[str, str]) -> dict[str, str]:
-    """A row without its timing: what two runs of one image must agree on."""
-    return {k: v for k, v in row.items() if k != "seconds"}
-
-
 def read_certify_rows(
     out_dir: str | os.PathLike, indices: Iterable[int] | None = None
 ) -> list[dict[str, str]]:
@@ -381,26 +375,10 @@ def read_certify_rows(
         For a garbled line, or two rows of one image that disagree (both name the file and line).
     """
     path = Path(out_dir) / CSV_FILE
-    first: dict[int, tuple[int, dict[str, str]]] = {}
-    duplicates = []
-    for line, row in read_csv_records(path):
+    records = read_csv_records(path)
+    for line, row in records:
         _check_row(path, line, row)
-        index = int(row["index"])
-        if index not in first:
-            first[index] = (line, row)
-            continue
-        line0, row0 = first[index]
-        if _result(row) != _result(row0):
-            raise ValueError(
-                f"{path} lines {line0} and {line} give different results for image index {index}, "
-                "so the folder mixes two runs; delete the wrong line or start afresh in another --out folder"
-            )
-        duplicates.append(f"index {index} at line {line}")
-    if duplicates:
-        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
-        message = f"{path}: ignored {len(duplicates)} duplicate row(s): {', '.join(duplicates[:5])}{more}"
-        warnings.warn(message, RunWarning, stacklevel=2)
-    rows = [row for _, row in first.values()]
+    rows = unique_records(path, records, lambda row: int(row["index"]), lambda index: f"image index {index}")
     if indices is None:
         return rows
     wanted = {int(i) for i in indices}

@@ -18,8 +18,9 @@ import secrets
 import socket
 import sys
 import threading
+import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,50 @@ def read_csv_records(path: str | os.PathLike) -> list[tuple[int, dict[str, str]]
             )
         records.append((reader.line_num, dict(zip(header, row, strict=True))))
     return records
+
+
+def unique_records(
+    path: str | os.PathLike,
+    records: Sequence[tuple[int, dict[str, str]]],
+    key: Callable[[dict[str, str]], Hashable],
+    describe: Callable[[Any], str],
+) -> list[dict[str, str]]:
+    """One row per ``key`` of the ``records`` of ``path`` (:func:`read_csv_records`), in file order.
+
+    A run that was killed after its row reached the disk but before it knew so writes that row
+    again on resume: a row equal to an earlier one of its key but for ``seconds`` counts once,
+    with a :class:`RunWarning` naming it. ``describe(key)`` names a key in messages.
+
+    Raises
+    ------
+    ValueError
+        If two rows of one key disagree on anything but ``seconds`` (naming both lines): the
+        folder mixes two runs.
+    """
+    first: dict[Hashable, tuple[int, dict[str, str]]] = {}
+    duplicates = []
+    for line, row in records:
+        k = key(row)
+        if k not in first:
+            first[k] = (line, row)
+            continue
+        line0, row0 = first[k]
+        if _without_seconds(row) != _without_seconds(row0):
+            raise ValueError(
+                f"{path} lines {line0} and {line} give different results for {describe(k)}, so the folder "
+                "mixes two runs; delete the wrong line or start afresh in another --out folder"
+            )
+        duplicates.append(f"{describe(k)} at line {line}")
+    if duplicates:
+        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        message = f"{path}: ignored {len(duplicates)} duplicate row(s): {', '.join(duplicates[:5])}{more}"
+        warnings.warn(message, RunWarning, stacklevel=3)
+    return [row for _, row in first.values()]
+
+
+def _without_seconds(row: dict[str, str]) -> dict[str, str]:
+    """A row without its timing: what two runs of one item must agree on."""
+    return {k: v for k, v in row.items() if k != "seconds"}
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
