@@ -216,13 +216,13 @@ def interleaved_times(
     times_a: list[float] = []
     times_b: list[float] = []
     for _ in range(rounds):
-        time_a, time_b = time_pair(fn_a, fn_b, clock)
+        time_a, time_b = round_times(fn_a, fn_b, clock)
         times_a.append(time_a)
         times_b.append(time_b)
     return times_a, times_b
 
 
-def time_pair(
+def round_times(
     fn_a: Callable[[], object], fn_b: Callable[[], object], clock: Callable[[], float] = time.perf_counter
 ) -> tuple[float, float]:
     """One round of :func:`paired_times`: the time of ``fn_a`` and then of ``fn_b``, back to back."""

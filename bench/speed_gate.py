@@ -124,7 +124,7 @@ def measure(benchmark, check: RatioCheck, device: object, rounds: int, clock: Ca
     times_b: list[float] = []
 
     def one_round() -> None:
-        time_a, time_b = common.time_pair(fn_a, fn_b, clock)
+        time_a, time_b = common.round_times(fn_a, fn_b, clock)
         times_a.append(time_a)
         times_b.append(time_b)
 
